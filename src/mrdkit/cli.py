@@ -1,0 +1,123 @@
+"""The ``mrd`` command line. Thin: each command parses options, calls one library function, prints a summary.
+
+Heavy imports (torch, transformers) happen inside the commands so that ``mrd --help`` is instant. A
+:class:`~mrdkit.errors.MrdkitError` (bad user input) is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="mrd",
+    help="Memory Removal Difficulty (MRD) for LLM unlearning: score samples, unlearn with MRD-guided samplers, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+@app.command("ls")
+def list_registries() -> None:
+    """List everything a config string can name: templates, estimators, methods, samplers, metrics, experiments."""
+    from mrdkit.registries import all_registries
+
+    console = _console()
+    for kind, entries in all_registries().items():
+        console.print(f"[bold]{kind}[/bold]")
+        for name, summary in entries:
+            console.print(f"  {name:<18} {summary}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: str = typer.Argument(..., help="data file, TOFU directory, 'tofu:<split>' or a datasets hub id"),
+    split: Optional[str] = typer.Option(None, help="split (TOFU: forget10, retain90, ...)"),
+    question_key: Optional[str] = typer.Option(None, help="field holding the question/prompt"),
+    answer_key: Optional[str] = typer.Option(None, help="field holding the answer"),
+    text_key: Optional[str] = typer.Option(None, help="field holding raw text"),
+    model: Optional[str] = typer.Option(None, help="model spec whose tokenizer gives token-length stats"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Counts, fields and length statistics of a dataset."""
+    from mrdkit.data import inspect_samples, load_samples
+    from mrdkit.runs import dumps
+
+    samples = load_samples(path, split=split, question_key=question_key, answer_key=answer_key, text_key=text_key)
+    tokenizer = None
+    if model is not None:
+        from mrdkit.models import load_model
+
+        tokenizer = load_model(model, tiny_texts=[s.prompt + s.answer for s in samples]).tokenizer
+    stats = inspect_samples(samples, tokenizer=tokenizer)
+    if json_out:
+        typer.echo(dumps(stats))
+        return
+    _print_stats(stats, title=f"{path}" + (f" [{split}]" if split else ""))
+
+
+def _print_stats(stats: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("statistic")
+    table.add_column("value")
+    for key, value in _flatten(stats):
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    _console().print(table)
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, name + "."))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _register_commands() -> None:
+    """Attach the command modules (each imports its heavy dependencies lazily)."""
+    import importlib
+
+    for module in ("mrdkit.cli_score", "mrdkit.cli_unlearn", "mrdkit.cli_eval", "mrdkit.cli_bench"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    from mrdkit.errors import MrdkitError
+
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=True)
+    except MrdkitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The one primitive that touches the model: per-token log-probabilities of the label tokens.
+
+For a batch with ``input_ids`` x (B, T) and ``labels`` y (B, T) (``-100`` = not scored), the value at position t
+is ``ell_t = log softmax(logits_t)[y_{t+1}]`` for t = 0..T-2, computed in float64 so that MRD's tiny relative
+changes are not swamped by rounding (paper-notes section 1). MRD, unlearning losses and metrics all call
+:func:`token_logprobs`; nothing else runs the model forward for scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenLogProbs:
+    """Per-token log-probs of label tokens with their mask.
+
+    Attributes:
+        values: (B, T-1) float64; ``log p(label_{t+1} | x_{<=t})``, 0 where masked.
+        mask: (B, T-1) bool; True where the position is scored.
+    """
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+    def sum(self) -> torch.Tensor:
+        """Sequence log-likelihood ``sum_t ell_t`` per sample, shape (B,)."""
+        return self.values.sum(dim=-1)
+
+    def count(self) -> torch.Tensor:
+        """Number of scored tokens per sample, shape (B,)."""
+        return self.mask.sum(dim=-1)
+
+    def mean(self) -> torch.Tensor:
+        """Length-normalised log-likelihood ``(1/n) sum_t ell_t`` per sample (0 for empty rows), shape (B,)."""
+        return self.sum() / self.count().clamp(min=1).to(self.values.dtype)
+
+    def detach(self) -> "TokenLogProbs":
+        """A copy without autograd history."""
+        return TokenLogProbs(self.values.detach(), self.mask)
+
+    def rows(self) -> list[torch.Tensor]:
+        """Per-sample 1-D tensors of the scored values (padding removed), in batch order."""
+        return [v[m] for v, m in zip(self.values, self.mask)]
+
+
+def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets for positions 0..T-2 and their mask: ``(labels[:, 1:], labels[:, 1:] != -100)``."""
+    targets = labels[:, 1:]  # (B, T-1)
+    return targets, targets != IGNORE_INDEX
+
+
+def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogProbs:
+    """Log-probs of ``labels`` under ``logits`` (B, T, V) using float64 log-softmax.
+
+    The logits at position t predict token t+1, so position T-1 is dropped and labels are shifted left.
+    """
+    targets, mask = shift_labels(labels)
+    logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)  # (B, T-1, V)
+    safe = targets.clamp(min=0).unsqueeze(-1)  # (B, T-1, 1); masked positions read token 0, then zeroed
+    values = logp.gather(-1, safe).squeeze(-1) * mask  # (B, T-1)
+    return TokenLogProbs(values=values, mask=mask)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameterless module)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bool = False) -> TokenLogProbs:
+    """Run ``model`` on ``batch`` and return per-token log-probs of its labels.
+
+    Args:
+        model: a Hugging Face causal LM (anything returning ``.logits`` of shape (B, T, V)).
+        batch: mapping with ``input_ids`` (B, T), ``attention_mask`` (B, T) and ``labels`` (B, T) where
+            ``-100`` marks positions that are not scored. Right padding; padded positions must be -100.
+        grad: keep the autograd graph (for losses); otherwise run under ``torch.inference_mode``.
+
+    Returns:
+        :class:`TokenLogProbs` with float64 values of shape (B, T-1).
+    """
+    device = model_device(model)
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return gather_logprobs(logits, labels)
