@@ -23,10 +23,13 @@ class TokenLogProbs:
     Attributes:
         values: (B, T-1) float64; ``log p(label_{t+1} | x_{<=t})``, 0 where masked.
         mask: (B, T-1) bool; True where the position is scored.
+        correct: (B, T-1) bool or None; True where the label is the model's argmax (teacher forcing), False where
+            masked. Used for token accuracy, exact memorisation and extraction strength.
     """
 
     values: torch.Tensor
     mask: torch.Tensor
+    correct: torch.Tensor | None = None
 
     def sum(self) -> torch.Tensor:
         """Sequence log-likelihood ``sum_t ell_t`` per sample, shape (B,)."""
@@ -42,7 +45,13 @@ class TokenLogProbs:
 
     def detach(self) -> "TokenLogProbs":
         """A copy without autograd history."""
-        return TokenLogProbs(self.values.detach(), self.mask)
+        return TokenLogProbs(self.values.detach(), self.mask, self.correct)
+
+    def accuracy(self) -> torch.Tensor:
+        """Teacher-forced token accuracy per sample (fraction of scored tokens that are the argmax), (B,)."""
+        if self.correct is None:
+            raise ValueError("token accuracy needs logits: call token_logprobs, not a bare TokenLogProbs")
+        return self.correct.sum(dim=-1).to(torch.float64) / self.count().clamp(min=1).to(torch.float64)
 
     def rows(self) -> list[torch.Tensor]:
         """Per-sample 1-D tensors of the scored values (padding removed), in batch order."""
@@ -64,7 +73,8 @@ def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogProbs
     logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)  # (B, T-1, V)
     safe = targets.clamp(min=0).unsqueeze(-1)  # (B, T-1, 1); masked positions read token 0, then zeroed
     values = logp.gather(-1, safe).squeeze(-1) * mask  # (B, T-1)
-    return TokenLogProbs(values=values, mask=mask)
+    correct = (logits[:, :-1].argmax(dim=-1) == targets) & mask  # (B, T-1)
+    return TokenLogProbs(values=values, mask=mask, correct=correct)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -38,6 +38,27 @@ def tofu_dir() -> Path:
     return shared_data_dir() / "tofu"
 
 
+def embedded_tofu_dir() -> Path:
+    """The small TOFU subset shipped inside the package (MIT; see resources/tofu/README.md)."""
+    return Path(__file__).resolve().parent / "resources" / "tofu"
+
+
+def default_tofu_file(filename: str) -> Path:
+    """``filename`` (e.g. ``forget01.json``) from the local TOFU folder, else from the embedded subset, else a one-line error."""
+    try:
+        local = tofu_dir() / filename
+    except MrdkitError:
+        local = None
+    if local is not None and local.is_file():
+        return local
+    embedded = embedded_tofu_dir() / filename
+    if embedded.is_file():
+        return embedded
+    where = local.parent if local is not None else "shared/data/tofu (not found)"
+    raise MrdkitError(f"TOFU file {filename} is neither in {where} nor in the embedded subset; "
+                      "set MRDKIT_DATA_DIR or pass a TOFU folder / hub id")
+
+
 def muse_dir() -> Path:
     """Local MUSE-News files."""
     return shared_data_dir() / "muse-news"

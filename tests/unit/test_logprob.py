@@ -38,6 +38,8 @@ def test_gather_matches_hand_computation():
     assert out.values.dtype == torch.float64
     assert math.isclose(float(out.sum()[0]), sum(expected), rel_tol=1e-12)
     assert math.isclose(float(out.mean()[0]), sum(expected) / 2, rel_tol=1e-12)
+    # argmax of position 0 is token 2 (= label), of position 1 is token 0 (= label): both correct
+    assert out.correct.tolist() == [[True, True]] and out.accuracy().tolist() == [1.0]
 
 
 def test_masked_positions_are_zero_and_excluded():

@@ -1,0 +1,55 @@
+"""Samples and how they become batches: loaders (TOFU, files, hub), prompt templates, encoding, collation.
+
+``import mrdkit.data`` does not import torch; :func:`collate` imports it when first called.
+"""
+
+from mrdkit.data.encode import (
+    IGNORE_INDEX,
+    TOKEN_SETS,
+    EncodedSample,
+    collate,
+    encode_samples,
+    iter_batches,
+    pad_id,
+    tokenizer_adds_bos,
+)
+from mrdkit.data.inspect import format_report, inspect_samples, length_stats
+from mrdkit.data.loaders import (
+    FORMATS,
+    TOFU_SPLITS,
+    load_idk,
+    load_samples,
+    load_tofu,
+    read_records,
+    tofu_split,
+)
+from mrdkit.data.samples import KINDS, Sample, check_unique_ids, detect_fields, records_to_samples
+from mrdkit.data.templates import TEMPLATES, render
+
+__all__ = [
+    "EncodedSample",
+    "FORMATS",
+    "IGNORE_INDEX",
+    "KINDS",
+    "Sample",
+    "TOFU_SPLITS",
+    "TEMPLATES",
+    "TOKEN_SETS",
+    "check_unique_ids",
+    "collate",
+    "detect_fields",
+    "encode_samples",
+    "format_report",
+    "inspect_samples",
+    "iter_batches",
+    "length_stats",
+    "load_idk",
+    "load_samples",
+    "load_tofu",
+    "pad_id",
+    "read_records",
+    "records_to_samples",
+    "render",
+    "tokenizer_adds_bos",
+    "tofu_split",
+]

@@ -1,0 +1,224 @@
+"""How well a difficulty score predicts a ground truth: rank correlations with bootstrap CIs and Harrell's C.
+
+The paper (Feng et al. 2025, arXiv:2504.06658) reports Spearman(MRD, required unlearning updates). Because the
+ground truth "updates until forgotten" is capped (censored) for hard samples, paper-notes section 4 asks for a
+censoring-aware concordance next to Spearman/Kendall: Harrell's C (Harrell et al. 1982, JAMA 247(18);
+Harrell, Lee & Mark 1996, Stat. Med. 15(4)).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mrdkit.errors import MrdkitError
+from mrdkit.seeding import derive_seed
+
+METHODS = ("spearman", "kendall")
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """A rank correlation with its two-sided p-value and percentile-bootstrap confidence interval.
+
+    Attributes:
+        rho: Spearman's rho or Kendall's tau-b.
+        p_value: scipy's two-sided p-value for no association.
+        ci_low: lower bound of the bootstrap CI (NaN when ``n_boot=0`` or every resample is degenerate).
+        ci_high: upper bound of the bootstrap CI.
+        n: number of (x, y) pairs used after dropping pairs containing NaN.
+    """
+
+    rho: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+
+def _column(values: Any) -> np.ndarray:
+    """1-D float64 array from a sequence, numpy array or torch tensor."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).ravel()
+
+
+def _paired(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays of equal length with every pair containing a NaN dropped; at least 3 pairs must remain."""
+    x, y = _column(x), _column(y)
+    if x.size != y.size:
+        raise MrdkitError(f"x has {x.size} values but y has {y.size}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    if keep.sum() < 3:
+        raise MrdkitError(f"need at least 3 pairs without NaN for a correlation, got {int(keep.sum())}")
+    return x[keep], y[keep]
+
+
+def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
+    """(statistic, p-value) from ``scipy.stats.spearmanr`` or ``kendalltau`` (tau-b); NaN for constant input."""
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConstantInputWarning: the result is NaN, which is what we report
+        res = stats.spearmanr(x, y) if method == "spearman" else stats.kendalltau(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _boot_spearman(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Spearman rho of every resample at once: Pearson correlation of average ranks, row by row."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)  # (B, n)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))  # (B,); NaN if a row is constant
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, seed: int) -> np.ndarray:
+    """Statistics of ``n_boot`` paired resamples (rows drawn with replacement), seeded per (seed, method)."""
+    rng = np.random.default_rng(derive_seed(seed, "bootstrap", method))
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (B, n)
+    if method == "spearman":
+        return _boot_spearman(x, y, idx)
+    return np.array([_statistic(x[i], y[i], method)[0] for i in idx])
+
+
+def correlate(
+    x: Sequence[float], y: Sequence[float], *, method: str = "spearman", n_boot: int = 1000, seed: int = 0,
+    ci: float = 0.95,
+) -> CorrelationResult:
+    """Rank correlation of ``x`` and ``y`` with a percentile-bootstrap confidence interval.
+
+    The CI takes the ``(1-ci)/2`` and ``(1+ci)/2`` percentiles of the statistic over ``n_boot`` resamples of the
+    pairs (Efron & Tibshirani 1993), drawn by a numpy Generator seeded with
+    ``derive_seed(seed, "bootstrap", method)``: the same seed gives the same CI, and every score column
+    correlated with the same seed sees the same resamples. Degenerate (constant) resamples are ignored.
+
+    Args:
+        x: one value per sample (e.g. MRD); pairs where ``x`` or ``y`` is NaN are dropped.
+        y: one value per sample (e.g. unlearning steps needed).
+        method: ``"spearman"`` (rho) or ``"kendall"`` (tau-b).
+        n_boot: number of bootstrap resamples; 0 skips the CI (NaN bounds).
+        seed: run seed.
+        ci: confidence level in (0, 1).
+
+    Returns:
+        :class:`CorrelationResult`.
+
+    Raises:
+        MrdkitError: unknown method, bad ``ci``/``n_boot``, unequal lengths, or fewer than 3 complete pairs.
+    """
+    if method not in METHODS:
+        raise MrdkitError(f"unknown correlation method {method!r} (known: {', '.join(METHODS)})")
+    if not 0.0 < ci < 1.0 or n_boot < 0:
+        raise MrdkitError(f"need 0 < ci < 1 and n_boot >= 0, got ci={ci}, n_boot={n_boot}")
+    xs, ys = _paired(x, y)
+    rho, p = _statistic(xs, ys, method)
+    low = high = float("nan")
+    if n_boot > 0:
+        boot = _bootstrap(xs, ys, method, n_boot, seed)
+        boot = boot[~np.isnan(boot)]
+        if boot.size:
+            low, high = (float(v) for v in np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)]))
+    return CorrelationResult(rho=rho, p_value=p, ci_low=low, ci_high=high, n=int(xs.size))
+
+
+def concordance_counts(scores: Sequence[float], times: Sequence[float], events: Sequence[bool] | None = None) -> dict:
+    """Counts behind :func:`harrell_c`: comparable, concordant, discordant and tied-score pairs.
+
+    Pair (i, j) is comparable when sample i's event is observed and it certainly happened first:
+    ``event_i and (t_i < t_j or (t_i == t_j and not event_j))`` (a sample censored at time t outlived an event at
+    t). Pairs with equal times and both events, and pairs whose earlier time is censored, are not comparable.
+    It is concordant when ``score_i > score_j`` (HIGHER score predicts SHORTER time), tied when equal.
+    Samples with a NaN score or time are dropped. Uses O(n^2) memory (fine for a few thousand samples).
+    """
+    s, t = _column(scores), _column(times)
+    e = np.ones(s.size, bool) if events is None else np.asarray(events, dtype=bool).ravel()
+    if not s.size == t.size == e.size:
+        raise MrdkitError(f"scores ({s.size}), times ({t.size}) and events ({e.size}) differ in length")
+    keep = ~(np.isnan(s) | np.isnan(t))
+    s, t, e = s[keep], t[keep], e[keep]
+    first = (t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :])  # (n, n): i surely before j
+    comparable = e[:, None] & first
+    concordant = comparable & (s[:, None] > s[None, :])
+    tied = comparable & (s[:, None] == s[None, :])
+    n_comp, n_conc, n_tied = int(comparable.sum()), int(concordant.sum()), int(tied.sum())
+    return {"comparable": n_comp, "concordant": n_conc, "discordant": n_comp - n_conc - n_tied, "tied": n_tied,
+            "n": int(s.size), "censored": int((~e).sum())}
+
+
+def harrell_c(scores: Sequence[float], times: Sequence[float], events: Sequence[bool] | None = None) -> float:
+    """Harrell's concordance index with right-censoring, ``C = (concordant + 0.5 * tied) / comparable``.
+
+    Convention: a HIGHER score predicts a SHORTER time, i.e. fewer unlearning updates (high MRD = fragile memory
+    = easy to unlearn, Feng et al. 2025). C = 1: perfect ordering, 0.5: random, 0: perfectly reversed. This is
+    ``1 -`` the C of survival libraries that treat a higher score as longer survival (e.g. lifelines).
+
+    Args:
+        scores: difficulty score per sample (e.g. MRD).
+        times: ground-truth time per sample (e.g. steps until the sample's probability fell below a threshold);
+            censored samples carry the cap.
+        events: True where the event was observed (the sample was forgotten within the cap); False = censored at
+            ``times``. None means every event was observed.
+
+    Returns:
+        C in [0, 1], or NaN when no pair is comparable.
+    """
+    c = concordance_counts(scores, times, events)
+    if c["comparable"] == 0:
+        return float("nan")
+    return (c["concordant"] + 0.5 * c["tied"]) / c["comparable"]
+
+
+def _get_column(data: Any, name: str) -> np.ndarray:
+    """Column ``name`` of a pandas DataFrame or a mapping of column name -> sequence."""
+    columns = list(data.columns) if hasattr(data, "columns") else list(data)
+    if name not in columns:
+        raise MrdkitError(f"no column {name!r} (columns: {', '.join(map(str, columns))})")
+    return np.asarray(data[name])
+
+
+def correlation_table(
+    data: Mapping[str, Sequence[Any]] | Any, truth_col: str, score_cols: Sequence[str], *,
+    event_col: str | None = None, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+) -> list[dict[str, Any]]:
+    """One row per score column: Spearman and Kendall with bootstrap CIs and p-values, Harrell's C, n.
+
+    Args:
+        data: pandas DataFrame or dict of equal-length columns.
+        truth_col: ground-truth column (e.g. ``steps``: updates until forgotten; larger = harder).
+        score_cols: score columns to evaluate (e.g. ``mrd``, ``loss``, ``min_k``).
+        event_col: optional boolean column, False where the truth is censored at the cap (for Harrell's C).
+        n_boot: bootstrap resamples per correlation; seed: run seed; ci: confidence level.
+
+    Returns:
+        Rows with keys ``score, spearman, spearman_ci_low, spearman_ci_high, spearman_p, kendall,
+        kendall_ci_low, kendall_ci_high, kendall_p, harrell_c, n, n_censored``; rows where the score, truth or
+        event is missing are dropped per score column (``n`` counts the rest).
+    """
+    truth = _get_column(data, truth_col).astype(np.float64)
+    events = None if event_col is None else _get_column(data, event_col)
+    rows = []
+    for col in score_cols:
+        score = _get_column(data, col).astype(np.float64)
+        keep = ~(np.isnan(score) | np.isnan(truth))
+        if events is not None:
+            keep &= ~np.asarray([v is None or v != v for v in events])  # None / NaN event = unknown
+        ev = None if events is None else events[keep].astype(bool)
+        row: dict[str, Any] = {"score": col}
+        for method in METHODS:
+            res = correlate(score[keep], truth[keep], method=method, n_boot=n_boot, seed=seed, ci=ci)
+            row.update({method: res.rho, f"{method}_ci_low": res.ci_low, f"{method}_ci_high": res.ci_high,
+                        f"{method}_p": res.p_value})
+        row.update(harrell_c=harrell_c(score[keep], truth[keep], ev), n=int(keep.sum()),
+                   n_censored=0 if ev is None else int((~ev).sum()))
+        rows.append(row)
+    return rows

@@ -1,0 +1,47 @@
+"""Shared test fixtures: small, offline, fast."""
+
+from __future__ import annotations
+
+import pytest
+
+TOKENIZER_TEXTS = [
+    "Question: Who wrote the book?\nAnswer: The author is Jane Doe, born in Paris.",
+    "Question: What genre does she write in?\nAnswer: She writes mystery novels and short stories.",
+    "The quick brown fox jumps over the lazy dog. A news article about the weather and the city.",
+]
+
+
+def build_test_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE (GPT-2 style: no BOS added on encode) with ``<|endoftext|>`` as bos/eos and ``<pad>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(TOKENIZER_TEXTS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<pad>",
+                                   bos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A ~300-token byte-level BPE tokenizer (session-wide: do not mutate; deep-copy it first)."""
+    return build_test_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tofu_dir():
+    """The local TOFU folder; skips the test when the shared data is not there."""
+    from mrdkit.errors import MrdkitError
+    from mrdkit.paths import tofu_dir as find
+
+    try:
+        path = find()
+    except MrdkitError:
+        pytest.skip("shared/data not found")
+    if not (path / "full.json").is_file():
+        pytest.skip(f"TOFU data not found at {path}")
+    return path

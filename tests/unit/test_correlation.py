@@ -1,0 +1,139 @@
+"""Rank correlations with bootstrap CIs, Harrell's C with censoring, and the correlation table."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kendalltau, spearmanr
+
+from mrdkit.errors import MrdkitError
+from mrdkit.evaluation.correlation import (
+    _boot_spearman,
+    concordance_counts,
+    correlate,
+    correlation_table,
+    harrell_c,
+)
+
+
+@pytest.fixture
+def xy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    return x, 0.6 * x + rng.normal(size=40)
+
+
+def test_correlate_matches_scipy_and_ci_brackets(xy):
+    x, y = xy
+    for method, fn in (("spearman", spearmanr), ("kendall", kendalltau)):
+        res = correlate(x, y, method=method, n_boot=300, seed=0)
+        ref = fn(x, y)
+        assert res.rho == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue)
+        assert res.ci_low < res.rho < res.ci_high and res.n == 40
+
+
+def test_bootstrap_is_seeded(xy):
+    x, y = xy
+    a, b = correlate(x, y, n_boot=200, seed=3), correlate(x, y, n_boot=200, seed=3)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    c = correlate(x, y, n_boot=200, seed=4)
+    assert (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+    wider = correlate(x, y, n_boot=200, seed=3, ci=0.99)
+    assert wider.ci_low <= a.ci_low and wider.ci_high >= a.ci_high
+
+
+def test_vectorised_bootstrap_spearman_equals_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, 15).astype(float), rng.integers(0, 5, 15).astype(float)  # many ties
+    idx = rng.integers(0, 15, size=(50, 15))
+    fast = _boot_spearman(x, y, idx)
+    for row, val in zip(idx, fast):
+        ref = spearmanr(x[row], y[row]).statistic if len(set(x[row])) > 1 and len(set(y[row])) > 1 else np.nan
+        assert (np.isnan(val) and np.isnan(ref)) or val == pytest.approx(ref)
+
+
+def test_correlate_nan_handling_and_errors():
+    x = [1.0, 2.0, float("nan"), 4.0, 5.0]
+    y = [2.0, 1.0, 3.0, float("nan"), 6.0]
+    res = correlate(x, y, n_boot=50)
+    assert res.n == 3 and res.rho == pytest.approx(spearmanr([1, 2, 5], [2, 1, 6]).statistic)
+    with pytest.raises(MrdkitError, match="at least 3 pairs"):
+        correlate([1.0, float("nan"), 3.0], [1.0, 2.0, float("nan")])
+    with pytest.raises(MrdkitError, match="unknown correlation method 'pearson'"):
+        correlate([1, 2, 3], [1, 2, 3], method="pearson")
+    with pytest.raises(MrdkitError, match="3 values but y has 2"):
+        correlate([1, 2, 3], [1, 2])
+    no_ci = correlate([1, 2, 3, 4], [1, 3, 2, 4], n_boot=0)
+    assert math.isnan(no_ci.ci_low) and math.isnan(no_ci.ci_high)
+    perfect = correlate([1, 2, 3, 4, 5], [2, 4, 6, 8, 10], n_boot=100)
+    assert perfect.rho == pytest.approx(1.0) and perfect.ci_low == pytest.approx(1.0)
+    assert math.isnan(correlate([1, 1, 1], [1, 2, 3], n_boot=20).rho)  # constant input -> NaN, not an error
+
+
+def test_harrell_c_hand_made_with_censoring():
+    # times: steps until forgotten, cap 10; samples 2 and 3 never forgotten (censored at the cap)
+    scores = [0.9, 0.5, 0.1, 0.7]
+    times = [2, 5, 10, 10]
+    events = [True, True, False, False]
+    # comparable (i first, event_i): (0,1) c, (0,2) c, (0,3) c, (1,2) c, (1,3) d; censored pairs never lead
+    counts = concordance_counts(scores, times, events)
+    assert counts == {"comparable": 5, "concordant": 4, "discordant": 1, "tied": 0, "n": 4, "censored": 2}
+    assert harrell_c(scores, times, events) == pytest.approx(0.8)
+    # treating the capped samples as observed adds pair (2,3) at equal times: not comparable (both events)
+    assert concordance_counts(scores, times)["comparable"] == 5
+
+
+def test_harrell_c_ties():
+    # equal times: event vs censored is comparable (the censored one outlived it); both events is not
+    assert concordance_counts([0.9, 0.1], [3, 3], [True, False])["comparable"] == 1
+    assert harrell_c([0.9, 0.1], [3, 3], [True, False]) == 1.0
+    assert math.isnan(harrell_c([0.9, 0.1], [3, 3], [True, True]))
+    assert harrell_c([0.5, 0.5], [1, 2]) == 0.5  # tied scores count one half
+    assert math.isnan(harrell_c([0.5, 0.4], [1, 2], [False, False]))  # all censored: nothing comparable
+
+
+def test_harrell_c_without_censoring_is_kendall_reversed(xy):
+    x, y = xy
+    # higher score = shorter time, so C = (1 - tau) / 2 when nothing is tied or censored
+    assert harrell_c(x, y) == pytest.approx((1 - kendalltau(x, y).statistic) / 2)
+    assert harrell_c([3, 2, 1], [1, 2, 3]) == 1.0 and harrell_c([1, 2, 3], [1, 2, 3]) == 0.0
+
+
+def test_harrell_c_drops_nan_and_checks_lengths():
+    assert harrell_c([0.9, float("nan"), 0.1], [1, 2, 3]) == 1.0
+    with pytest.raises(MrdkitError, match="differ in length"):
+        harrell_c([1, 2], [1, 2], [True])
+
+
+def _table_data():
+    rng = np.random.default_rng(2)
+    steps = rng.integers(1, 20, 30).astype(float)
+    events = steps < 15
+    steps[~events] = 15.0  # censored at the cap
+    mrd = -steps + rng.normal(size=30)
+    loss = rng.normal(size=30)
+    loss[:4] = np.nan
+    return {"steps": steps, "forgotten": events, "mrd": mrd, "loss": loss}
+
+
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_correlation_table_rows(as_frame):
+    data = _table_data()
+    rows = correlation_table(pd.DataFrame(data) if as_frame else data, "steps", ["mrd", "loss"],
+                             event_col="forgotten", n_boot=100, seed=1)
+    assert [r["score"] for r in rows] == ["mrd", "loss"]
+    mrd, loss = rows
+    assert set(mrd) == {"score", "spearman", "spearman_ci_low", "spearman_ci_high", "spearman_p", "kendall",
+                        "kendall_ci_low", "kendall_ci_high", "kendall_p", "harrell_c", "n", "n_censored"}
+    ref = correlate(data["mrd"], data["steps"], n_boot=100, seed=1)
+    assert (mrd["spearman"], mrd["spearman_ci_low"], mrd["n"]) == (ref.rho, ref.ci_low, 30)
+    assert mrd["harrell_c"] == pytest.approx(harrell_c(data["mrd"], data["steps"], data["forgotten"]))
+    assert mrd["harrell_c"] > 0.8 and mrd["spearman"] < -0.8  # high MRD = few steps
+    assert mrd["n_censored"] == int((~data["forgotten"]).sum())
+    assert loss["n"] == 26  # NaN rows dropped for this column only
+
+
+def test_correlation_table_missing_column():
+    with pytest.raises(MrdkitError, match="no column 'mdr'.*steps"):
+        correlation_table(_table_data(), "steps", ["mdr"], n_boot=0)

@@ -1,0 +1,192 @@
+"""Encoding, collation and batching."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrdkit.data import (
+    IGNORE_INDEX,
+    Sample,
+    collate,
+    encode_samples,
+    iter_batches,
+    pad_id,
+    render,
+    tokenizer_adds_bos,
+)
+from mrdkit.errors import MrdkitError
+from mrdkit.logprob import gather_logprobs
+
+QA = [Sample(id=f"q:{i}", prompt=f"Who wrote book {i}?", answer="The author is Jane Doe." * (i + 1))
+      for i in range(4)]
+TEXT = Sample(id="t:0", prompt="", answer="The quick brown fox.", kind="text")
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tiny_tokenizer):
+    """Like the tiny tokenizer but adding BOS on encode (Llama style), with a chat template that writes BOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(tiny_tokenizer.backend_tokenizer),
+                                  eos_token="<|endoftext|>", bos_token="<|endoftext|>", add_bos_token=True)
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}U: {{ m['content'] }}\n{% endfor %}A: "
+    return tok
+
+
+def test_prompt_answer_boundary_is_exact(tiny_tokenizer):
+    (enc,) = encode_samples(QA[:1], tiny_tokenizer, template="plain")
+    prompt, answer = render(QA[0], tiny_tokenizer, "plain")
+    p, a, eos = _ids(tiny_tokenizer, prompt), _ids(tiny_tokenizer, answer), tiny_tokenizer.eos_token_id
+    assert not tokenizer_adds_bos(tiny_tokenizer)  # GPT-2 style: no start token before a non-empty prompt
+    assert enc.input_ids == p + a + [eos]
+    assert enc.labels == [IGNORE_INDEX] * len(p) + a + [eos]
+    assert tiny_tokenizer.decode(enc.labels[len(p):-1]) == QA[0].answer and not enc.truncated
+
+
+def test_token_set_all_scores_everything_but_the_first_token(tiny_tokenizer):
+    (enc,) = encode_samples(QA[:1], tiny_tokenizer, template="plain", token_set="all")
+    assert enc.labels == [IGNORE_INDEX] + enc.input_ids[1:]
+
+
+def test_raw_text_gets_a_start_token_so_its_first_token_is_scored(tiny_tokenizer):
+    (enc,) = encode_samples([TEXT], tiny_tokenizer, template="chat")  # text ignores the template
+    text_ids = _ids(tiny_tokenizer, TEXT.answer)
+    start = tiny_tokenizer.bos_token_id
+    assert enc.input_ids == [start] + text_ids + [tiny_tokenizer.eos_token_id]
+    assert enc.labels == [IGNORE_INDEX] + text_ids + [tiny_tokenizer.eos_token_id]
+
+
+def test_bos_adding_tokenizer_gets_one_bos(bos_tokenizer):
+    assert tokenizer_adds_bos(bos_tokenizer)
+    bos = bos_tokenizer.bos_token_id
+    plain, chat = (encode_samples(QA[:1], bos_tokenizer, template=t)[0] for t in ("plain", "chat"))
+    assert plain.input_ids[0] == bos and plain.input_ids[1] != bos
+    assert chat.input_ids[0] == bos and chat.input_ids[1] != bos  # the template's BOS is not doubled
+    for enc, tmpl in ((plain, "plain"), (chat, "chat")):
+        answer_ids = _ids(bos_tokenizer, QA[0].answer) + [bos_tokenizer.eos_token_id]
+        assert [t for t in enc.labels if t != IGNORE_INDEX] == answer_ids, tmpl
+
+
+def test_add_eos_false_and_missing_eos(tiny_tokenizer):
+    (enc,) = encode_samples(QA[:1], tiny_tokenizer, template="plain", add_eos=False)
+    assert enc.input_ids[-1] != tiny_tokenizer.eos_token_id
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.eos_token = None
+    with pytest.raises(MrdkitError, match="no eos token; pass add_eos=False"):
+        encode_samples(QA[:1], tok, template="plain")
+
+
+def test_truncation_warns_once_with_a_count(tiny_tokenizer):
+    full = encode_samples(QA, tiny_tokenizer, template="plain")
+    limit = sorted(len(e.input_ids) for e in full)[1]  # the two longest get cut
+    with pytest.warns(UserWarning, match=rf"^2 of 4 samples truncated to {limit} tokens$") as record:
+        cut = encode_samples(QA, tiny_tokenizer, template="plain", max_length=limit)
+    assert len(record) == 1
+    assert [e.truncated for e in cut] == [len(e.input_ids) > limit for e in full]
+    for a, b in zip(full, cut):
+        assert b.input_ids == a.input_ids[:limit] and b.labels == a.labels[:limit]
+
+
+def test_no_answer_left_after_truncation_names_the_sample(tiny_tokenizer):
+    with warnings.catch_warnings(), pytest.raises(MrdkitError, match=r"sample 'q:0': none of its answer tokens"):
+        warnings.simplefilter("ignore")
+        encode_samples(QA[:1], tiny_tokenizer, template="plain", max_length=4)
+
+
+def test_empty_answer_without_eos_is_an_error(tiny_tokenizer):
+    empty = Sample(id="e:0", prompt="Q?", answer="")
+    with pytest.raises(MrdkitError, match=r"sample 'e:0': it has no tokens to score"):
+        encode_samples([empty], tiny_tokenizer, template="plain", add_eos=False)
+    (enc,) = encode_samples([empty], tiny_tokenizer, template="plain")  # EOS alone is scored
+    assert [t for t in enc.labels if t != IGNORE_INDEX] == [tiny_tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"token_set": "prompt"}, "unknown token_set 'prompt'"),
+                                           ({"max_length": 1}, "max_length must be at least 2")])
+def test_bad_arguments(tiny_tokenizer, kwargs, match):
+    with pytest.raises(MrdkitError, match=match):
+        encode_samples(QA, tiny_tokenizer, **kwargs)
+
+
+def test_collate_right_pads(tiny_tokenizer):
+    enc = encode_samples(QA[:2] + [TEXT], tiny_tokenizer, template="plain")
+    batch = collate(enc, pad_id(tiny_tokenizer))
+    width = max(len(e.input_ids) for e in enc)
+    assert batch["ids"] == ["q:0", "q:1", "t:0"]
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert batch[key].shape == (3, width) and batch[key].dtype == torch.long
+    for row, e in enumerate(enc):
+        n = len(e.input_ids)
+        assert batch["input_ids"][row, :n].tolist() == e.input_ids
+        assert batch["labels"][row, :n].tolist() == e.labels
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+        assert set(batch["labels"][row, n:].tolist()) <= {IGNORE_INDEX}
+        assert set(batch["input_ids"][row, n:].tolist()) <= {tiny_tokenizer.pad_token_id}
+
+
+def test_labels_are_exactly_the_scored_tokens(tiny_tokenizer):
+    enc = encode_samples(QA + [TEXT], tiny_tokenizer, template="plain", token_set="all")
+    batch = collate(enc, 0)
+    logits = torch.randn(*batch["input_ids"].shape, len(tiny_tokenizer), generator=torch.Generator().manual_seed(0))
+    counts = gather_logprobs(logits, batch["labels"]).count()
+    assert counts.tolist() == [sum(t != IGNORE_INDEX for t in e.labels) for e in enc]
+
+
+def test_collate_errors():
+    with pytest.raises(MrdkitError, match="empty list"):
+        collate([], 0)
+
+
+def test_pad_id_falls_back_to_eos(tiny_tokenizer):
+    assert pad_id(tiny_tokenizer) == tiny_tokenizer.pad_token_id
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.pad_token = None
+    assert pad_id(tok) == tok.eos_token_id
+
+
+def test_iter_batches_covers_every_sample_once(tiny_tokenizer):
+    enc = encode_samples(QA + [TEXT], tiny_tokenizer, template="plain")
+    by_id = {e.id: e for e in enc}
+    plain = list(iter_batches(enc, 2))
+    assert [b["ids"] for b in plain] == [["q:0", "q:1"], ["q:2", "q:3"], ["t:0"]]
+    sorted_batches = list(iter_batches(enc, 2, sort_by_length=True, pad_token_id=1))
+    ids = [i for b in sorted_batches for i in b["ids"]]
+    assert sorted(ids) == sorted(by_id)
+    lengths = [len(by_id[i].input_ids) for i in ids]
+    assert lengths == sorted(lengths, reverse=True)
+    for b in sorted_batches:
+        for row, i in enumerate(b["ids"]):
+            assert b["input_ids"][row, : len(by_id[i].input_ids)].tolist() == by_id[i].input_ids
+    with pytest.raises(MrdkitError, match="batch_size must be at least 1"):
+        next(iter_batches(enc, 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=st.text(max_size=30), answer=st.text(min_size=1, max_size=30),
+       token_set=st.sampled_from(["answer", "all"]), max_length=st.integers(2, 40))
+def test_encoding_invariants(tiny_tokenizer, prompt, answer, token_set, max_length):
+    sample = Sample(id="h:0", prompt=prompt, answer=answer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (enc,) = encode_samples([sample], tiny_tokenizer, template="raw", token_set=token_set,
+                                    max_length=max_length)
+    except MrdkitError as err:  # only legitimate failure: nothing left to score after the cut
+        assert "max_length" in str(err)
+        return
+    assert len(enc.input_ids) == len(enc.labels) <= max_length and enc.labels[0] == IGNORE_INDEX
+    assert all(lab in (IGNORE_INDEX, tok) for lab, tok in zip(enc.labels, enc.input_ids))
+    scored = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
+    assert scored == list(range(scored[0], len(enc.labels)))  # one contiguous block up to the end
+    if token_set == "answer" and not enc.truncated:
+        assert tiny_tokenizer.decode(enc.labels[scored[0]:-1]) == answer
