@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests run tiny models: one thread avoids oversubscription on small shared machines (and is deterministic).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MRDKIT_PROGRESS", "0")
+
+import pytest  # noqa: E402
 
 TOKENIZER_TEXTS = [
     "Question: Who wrote the book?\nAnswer: The author is Jane Doe, born in Paris.",

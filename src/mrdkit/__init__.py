@@ -21,8 +21,8 @@ _LAZY = {
     "token_logprobs": "mrdkit.logprob",
     "score_mrd": "mrdkit.scoring",
     "MRDResult": "mrdkit.scoring",
-    "unlearn": "mrdkit.unlearn",
-    "evaluate": "mrdkit.evaluate",
+    "unlearn": "mrdkit.unlearning",
+    "evaluate": "mrdkit.evaluation",
     "MrdkitError": "mrdkit.errors",
 }
 
