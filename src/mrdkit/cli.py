@@ -32,13 +32,15 @@ def _console():
 @app.command("ls")
 def list_registries() -> None:
     """List everything a config string can name: templates, estimators, methods, samplers, metrics, experiments."""
+    from rich.markup import escape
+
     from mrdkit.registries import all_registries
 
     console = _console()
     for kind, entries in all_registries().items():
         console.print(f"[bold]{kind}[/bold]")
         for name, summary in entries:
-            console.print(f"  {name:<18} {summary}")
+            console.print(f"  {name:<18} {escape(summary)}")
 
 
 @data_app.command("inspect")
@@ -104,11 +106,22 @@ def _register_commands() -> None:
         mod.register(app)
 
 
+def _one_line_warnings() -> None:
+    """Show Python warnings as ``warning: <message>`` (no source line) on stderr."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        typer.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     from mrdkit.errors import MrdkitError
 
     _register_commands()
+    _one_line_warnings()
     try:
         app(args=argv, standalone_mode=True)
     except MrdkitError as exc:

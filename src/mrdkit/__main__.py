@@ -1,0 +1,5 @@
+"""``python -m mrdkit`` = the ``mrd`` command."""
+
+from mrdkit.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""Options and helpers shared by several ``mrd`` commands (model/data loading, overrides, summaries)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+
+def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = None, question_key=None,
+              answer_key=None, text_key=None) -> list:
+    """Samples from a data spec: ``tofu:<split>``, a TOFU folder (+ ``split``), a file, or a hub id."""
+    from mrdkit.data import load_samples
+
+    samples = load_samples(spec, split=split, question_key=question_key, answer_key=answer_key, text_key=text_key)
+    return samples[:limit] if limit else samples
+
+
+def load_model_for(spec: str, samples: Sequence[Any], *, dtype: str = "float32", device: str = "auto",
+                   trust_remote_code: bool = False, for_mrd: bool = False, seed: int = 0):
+    """:func:`mrdkit.models.load_model`; a ``tiny`` model's tokenizer is fitted on the samples' text."""
+    from mrdkit.models import load_model
+
+    texts = [s.text for s in samples] if spec.startswith("tiny") else None
+    return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code, for_mrd=for_mrd,
+                      tiny_texts=texts, seed=seed)
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = None) -> None:
+    """Print rows as a rich table (floats with 4 significant digits)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return
+    columns = list(columns or rows[0].keys())
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[_fmt(row.get(c)) for c in columns])
+    Console().print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,299 @@
+"""MRD scoring engine with common random numbers (Feng et al. 2025, arXiv 2504.06658).
+
+Algorithm: ONE unperturbed pass over all batches gives the base token log-probs ``l_t``; then for each draw k
+(and, for the antithetic estimator, each sign) the weights are perturbed ONCE, all batches are evaluated under
+that perturbation with :func:`mrdkit.logprob.token_logprobs`, every sample is reduced at once to its scalar
+``r = sum_t (l_t - l'_t)/l_t``, and the weights are restored bit-exactly. All samples share the K draws (common
+random numbers: stabler rankings); the reference code re-runs the unperturbed forward per draw and per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import torch
+
+from mrdkit.errors import MrdkitError
+from mrdkit.logprob import IGNORE_INDEX, model_device, token_logprobs
+from mrdkit.scoring.estimators import (ESTIMATORS, Accumulator, EstimateResult, masked_row_sums, relative_change,
+                                       resume_accumulator)
+from mrdkit.scoring.perturb import Perturber, eval_mode, select_parameters
+
+Batch = Mapping[str, Any]
+_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+@dataclass
+class EngineResult:
+    """Output of :func:`score_batches`; per-sample tensors follow ``ids`` (the input order of the batches).
+
+    Attributes:
+        estimate: the estimator's :class:`EstimateResult` (MRD, mean, stderr, raw draws...).
+        base_logprob, n_tokens: (N,) unperturbed ``sum_t l_t`` (float64) and number of scored tokens.
+        config: the settings that produced the numbers (estimator, sigma, seed, scheme, ...).
+        param_names: names of the perturbed parameters; ``n_perturbed``: their total element count.
+        forward_passes: batch forward passes run by this call (base pass included).
+    """
+
+    ids: list[str]
+    estimate: EstimateResult
+    base_logprob: torch.Tensor
+    n_tokens: torch.Tensor
+    config: dict[str, Any]
+    param_names: list[str] = field(default_factory=list)
+    n_perturbed: int = 0
+    forward_passes: int = 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per sample: id, mrd, mean, stderr, unresolved, base_logprob, n_tokens (+ first-order)."""
+        est = self.estimate
+        cols = {"mrd": est.mrd, "mean": est.mean, "stderr": est.stderr, "unresolved": est.unresolved,
+                "base_logprob": self.base_logprob, "n_tokens": self.n_tokens}
+        if est.first_order_mean is not None:
+            cols.update(first_order_mean=est.first_order_mean, first_order_stderr=est.first_order_stderr,
+                        first_order_spread=est.first_order_spread)
+        return [{"id": sid, **{k: v[i].item() for k, v in cols.items()}} for i, sid in enumerate(self.ids)]
+
+
+def batch_ids(batches: list[Batch]) -> list[str]:
+    """Sample ids in batch order (``str`` of each ``ids`` entry; the running row index where a batch has none)."""
+    ids: list[str] = []
+    for b in batches:
+        ids.extend(str(i) for i in b.get("ids", range(len(ids), len(ids) + b["input_ids"].shape[0])))
+    return ids
+
+
+def _row_length(batch: Batch, i: int) -> int:
+    """Used length of row i under right padding: one past the last attended or scored position."""
+    used = (batch["attention_mask"][i] != 0) | (batch["labels"][i] != IGNORE_INDEX)
+    idx = used.nonzero()
+    return int(idx.max()) + 1 if idx.numel() else 1
+
+
+def canonical_batches(batches: Iterable[Batch], multiple: int = 8, max_width: Optional[int] = None
+                      ) -> tuple[list[Batch], list[str], torch.Tensor]:
+    """Re-batch so that every sample is padded to ``round_up(length, multiple)``, a width set by itself alone.
+
+    Why: on CPU a forward pass is bitwise independent of the batch size at a fixed padded width, but NOT of the
+    width (softmax and attention products reduce over the key axis; tiny fp32 GPT-2: half the samples change).
+    A per-sample width makes MRD bitwise independent of the caller's batching and trims padding. Rows per batch
+    stay <= the largest input batch; ``max_width`` (the model's position limit) caps the width.
+
+    Returns:
+        (batches, ids in input order, order) where ``order[j]`` is the input position of canonical row j.
+    """
+    batches, rows = list(batches), []  # rows: (width, input position, input_ids, attention_mask, labels)
+    ids = batch_ids(batches)
+    for batch in batches:
+        for i in range(batch["input_ids"].shape[0]):
+            length = _row_length(batch, i)
+            width = -(-length // multiple) * multiple
+            width = max(length, min(width, max_width)) if max_width else width
+            rows.append((width, len(rows)) + tuple(batch[k][i, :length] for k in _KEYS))
+    max_rows = max((b["input_ids"].shape[0] for b in batches), default=1)
+    groups: list[list[tuple]] = []
+    for row in sorted(rows, key=lambda r: (r[0], r[1])):
+        if not groups or groups[-1][0][0] != row[0] or len(groups[-1]) == max_rows:
+            groups.append([])
+        groups[-1].append(row)
+    out = [_pad_group(group, ids) for group in groups]
+    return out, ids, torch.tensor([row[1] for group in groups for row in group], dtype=torch.long)
+
+
+def _pad_group(group: list[tuple], ids: list[str]) -> dict[str, Any]:
+    """Right-pad trimmed rows of one width into a batch (pad input 0, attention 0, labels -100)."""
+    width = group[0][0]
+    batch: dict[str, Any] = {}
+    for j, (key, fill) in enumerate(zip(_KEYS, (0, 0, IGNORE_INDEX))):
+        batch[key] = torch.full((len(group), width), fill, dtype=group[0][2 + j].dtype)
+        for r, row in enumerate(group):
+            batch[key][r, :row[2 + j].shape[0]] = row[2 + j]
+    batch["ids"] = [ids[row[1]] for row in group]
+    return batch
+
+
+@dataclass
+class BasePass:
+    """Unperturbed token log-probs of every (canonical) batch: the denominators of the relative change."""
+
+    batches: list[Batch]
+    values: list[torch.Tensor]  # per batch (B, T-1) float64 on the model device
+    masks: list[torch.Tensor]  # per batch (B, T-1) bool
+    ids: list[str]  # input order
+    order: torch.Tensor  # (N,) input position of each canonical row
+
+    def to_input_order(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-batch (B,) results and put them back in input order."""
+        flat = torch.cat([p.cpu() for p in parts]) if parts else torch.zeros(0, dtype=torch.float64)
+        return torch.empty_like(flat).index_copy_(0, self.order, flat)
+
+    def sequence_logprob(self) -> torch.Tensor:
+        """(N,) ``sum_t l_t`` per sample (padding-independent summation)."""
+        return self.to_input_order([masked_row_sums(v, m) for v, m in zip(self.values, self.masks)])
+
+    def n_tokens(self) -> torch.Tensor:
+        """(N,) number of scored tokens per sample."""
+        return self.to_input_order([m.sum(dim=-1) for m in self.masks])
+
+
+def max_positions(model: torch.nn.Module) -> Optional[int]:
+    """The model's position limit (``n_positions`` / ``max_position_embeddings``), or None when unknown."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def base_pass(model: torch.nn.Module, batches: Iterable[Batch], width_multiple: Optional[int] = 8) -> BasePass:
+    """The one unperturbed pass of a scoring run, on :func:`canonical_batches` (or, if ``width_multiple`` is
+    None, on the batches as given)."""
+    batches, device = list(batches), model_device(model)
+    if width_multiple is None:
+        ids, order = batch_ids(batches), torch.arange(sum(b["input_ids"].shape[0] for b in batches))
+    else:
+        batches, ids, order = canonical_batches(batches, width_multiple, max_positions(model))
+    # moved to the model's device once, not once per draw
+    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    lps = [token_logprobs(model, batch) for batch in batches]
+    return BasePass(batches, [lp.values for lp in lps], [lp.mask for lp in lps], ids, order)
+
+
+def relative_changes(model: torch.nn.Module, base: BasePass) -> torch.Tensor:
+    """(N,) ``r = sum_t (l_t - l'_t)/l_t`` for every sample (input order) under the model's CURRENT weights.
+
+    Each batch is reduced to per-sample scalars immediately, so only (B, T) tensors are ever alive.
+    """
+    parts = [relative_change(values, token_logprobs(model, batch).values, mask)
+             for batch, values, mask in zip(base.batches, base.values, base.masks)]
+    return base.to_input_order(parts)
+
+
+def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: int, sigma: float,
+                  estimator: str = "antithetic", seed: int = 0, scheme: str = "mrdkit",
+                  param_pattern: Optional[str] = None, relative: bool = False, clip: Optional[float] = None,
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  checkpoint: Optional[Callable[[int, dict[str, Any]], None]] = None, start_draw: int = 0,
+                  accumulator: Union[Accumulator, Mapping[str, Any], None] = None,
+                  width_multiple: Optional[int] = 8) -> EngineResult:
+    """Score MRD for every sample of ``batches`` (arXiv 2504.06658) with common random numbers.
+
+    ``MRD(x) = | (1/K) sum_k sum_t (l_t(theta) - l_t(theta + delta_k)) / l_t(theta) |``, delta_k ~ N(0, sigma^2 I)
+    (estimator ``paper``), or its antithetic curvature part ``|(1/K) sum_k c_k|`` (``antithetic``, 2 passes per
+    draw; see :mod:`mrdkit.scoring.estimators`). Cost: one base pass plus ``K * passes_per_draw`` passes.
+
+    Args:
+        model: causal LM in float32/float64; put in eval mode during scoring, weights restored bit-exactly.
+        batches: dicts with input_ids, attention_mask, labels (-100 = not scored) and ids; iterated repeatedly.
+        draws: total number of draws K. sigma: noise scale (paper: 1e-5).
+        estimator: ``paper`` or ``antithetic``. seed: run seed (noise of draw k does not depend on batching).
+        scheme: ``mrdkit`` or ``reference`` noise (see :mod:`mrdkit.scoring.perturb`).
+        param_pattern: regex selecting the perturbed parameters (default: all trainable).
+        relative: noise ``sigma * |theta| * z``. clip: clip MRD at this value (reference code: 2.0).
+        progress: ``progress(draws_done, draws_total)`` after each draw.
+        checkpoint: ``checkpoint(draw_index, accumulator_state)`` after each draw (save it to resume).
+        start_draw, accumulator: resume from a checkpoint; bitwise identical to an uninterrupted run.
+        width_multiple: pad each sample to a multiple of this whatever its batch (:func:`canonical_batches`);
+            ``None`` evaluates the batches as given.
+
+    Returns:
+        :class:`EngineResult` (per-sample tensors in the input order of ``ids``).
+    """
+    if draws < 1 or not 0 <= start_draw <= draws:
+        raise MrdkitError(f"need draws >= 1 and 0 <= start_draw <= draws (got draws={draws}, start={start_draw})")
+    ESTIMATORS.get(estimator)  # fail on a bad name before any forward pass (so do Perturber's checks)
+    params = select_parameters(model, param_pattern)
+    with eval_mode(model), Perturber(model, params, sigma=sigma, seed=seed, relative=relative, scheme=scheme) as pert:
+        base = base_pass(model, batches, width_multiple)
+        meta = {"estimator": estimator, "sigma": float(sigma), "seed": int(seed), "scheme": scheme,
+                "relative": bool(relative), "param_pattern": param_pattern, "width_multiple": width_multiple,
+                "ids": hashlib.blake2b("\n".join(base.ids).encode(), digest_size=8).hexdigest()}
+        acc = resume_accumulator(accumulator, start_draw, estimator, len(base.ids), meta)
+        passes = len(base.batches)
+        for k in range(start_draw, draws):
+            rs = []
+            for sign in acc.signs:
+                pert.apply(k, sign)
+                rs.append(relative_changes(model, base))
+                passes += len(base.batches)
+            pert.restore()
+            acc.add(k, *rs)
+            if checkpoint is not None:
+                checkpoint(k, acc.state_dict())
+            if progress is not None:
+                progress(k + 1, draws)
+    config = {k: v for k, v in meta.items() if k != "ids"} | {"draws": int(draws), "clip": clip}
+    return EngineResult(base.ids, acc.finalize(clip), base.sequence_logprob(), base.n_tokens(), config,
+                        pert.names, pert.n_elements, passes)
+
+
+def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, signs: tuple[int, ...],
+                **noise: Any) -> list[torch.Tensor]:
+    """(N,) sequence log-probs ``S = sum_t l_t`` under draw 0 of ``noise`` with each sign (given batch order)."""
+    out = []
+    with Perturber(model, params, **noise) as pert:
+        for sign in signs:
+            pert.apply(0, sign)
+            out.append(base_pass(model, batches, None).sequence_logprob())
+    return out
+
+
+def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: float = 1e-5, seed: int = 0,
+                param_pattern: Optional[str] = None, relative: bool = False, scheme: str = "mrdkit",
+                factor: float = 100.0) -> dict[str, Any]:
+    """Is a sigma-perturbation visible above the floating-point floor of the sequence log-prob ``S = sum_t l_t``?
+
+    Floor: the larger of (a) ``max |S - S_repeat|`` over two unperturbed passes (non-determinism; 0 on CPU) and
+    (b) ``max |S(theta (1 + eps z)) - S|``, a ~1-ulp relative weight jitter (eps = machine epsilon of the dtype).
+    Effects of one draw ``delta ~ N(0, sigma^2 I)``: total ``|S(theta + delta) - S|`` (first-order dominated) and
+    curvature ``|S(theta + delta) + S(theta - delta) - 2 S| / 2``, the part the antithetic MRD estimator keeps
+    (arXiv 2504.06658; paper-notes sec. 1-2). Warns (``warnings.warn``) when a median effect < factor x floor.
+
+    Returns:
+        dict: repeat_diff, ulp_effect, floor, effect_median/min, effect_ratio (median / floor), ok (effect_ratio >=
+        factor), curvature_median, curvature_ratio, curvature_ok.
+    """
+    params = select_parameters(model, param_pattern)
+    eps = max(torch.finfo(p.dtype).eps for _, p in params)
+    batches = canonical_batches(batches, max_width=max_positions(model))[0]
+    with eval_mode(model):
+        first, repeat = _sums_under(model, batches, params, (1, 1), sigma=0.0)
+        (ulp,) = _sums_under(model, batches, params, (1,), sigma=eps, seed=seed, relative=True)
+        plus, minus = _sums_under(model, batches, params, (1, -1), sigma=sigma, seed=seed, relative=relative,
+                                  scheme=scheme)
+    out = {"repeat_diff": float((repeat - first).abs().max()), "ulp_effect": float((ulp - first).abs().max()),
+           "sigma": float(sigma), "factor": factor, "effect_min": float((plus - first).abs().min())}
+    floor = out["floor"] = max(out["repeat_diff"], out["ulp_effect"])
+    for key, effect in (("effect", plus - first), ("curvature", (plus + minus - 2 * first) / 2)):
+        median = out[f"{key}_median"] = float(effect.abs().median())
+        ratio = out[f"{key}_ratio"] = median / floor if floor > 0 else math.inf
+        if ratio < factor:
+            warnings.warn(f"sigma={sigma:g}: the {key} on the sequence log-prob is {median:.3g} (median), only "
+                          f"{ratio:.3g}x the floating-point floor {floor:.3g}; use float64 weights or a larger sigma",
+                          RuntimeWarning, stacklevel=2)
+    out["ok"], out["curvature_ok"] = out["effect_ratio"] >= factor, out["curvature_ratio"] >= factor
+    return out
+
+
+def sigma_scaling_check(model: torch.nn.Module, batches: Iterable[Batch], sigma: float, draws: int, *,
+                        seed: int = 0, param_pattern: Optional[str] = None, relative: bool = False,
+                        scheme: str = "mrdkit") -> dict[str, Any]:
+    """Does the antithetic curvature part scale as sigma^2 (the second-order signal, arXiv 2504.06658 Thm 3.2)?
+
+    Runs the antithetic estimator at sigma and 2*sigma with the same seed (so delta(2 sigma) = 2 delta(sigma)
+    exactly) and returns the per-sample ratios ``mean_c(2 sigma) / mean_c(sigma)``; about 4 means the estimate is
+    curvature, not rounding noise or higher-order terms. Warns when the median ratio is outside [3, 5].
+
+    Returns:
+        dict with sigma, draws, ratios (list), median_ratio, ok.
+    """
+    batches = list(batches)
+    kw = dict(draws=draws, seed=seed, scheme=scheme, param_pattern=param_pattern, relative=relative)
+    ratios = (score_batches(model, batches, sigma=2 * sigma, **kw).estimate.mean
+              / score_batches(model, batches, sigma=sigma, **kw).estimate.mean)
+    median = float(ratios.median())
+    if not (ok := 3.0 <= median <= 5.0):
+        warnings.warn(f"antithetic curvature grew {median:.3g}x (median) from sigma={sigma:g} to 2*sigma, expected ~4",
+                      RuntimeWarning, stacklevel=2)
+    return {"sigma": float(sigma), "draws": int(draws), "ratios": ratios.tolist(), "median_ratio": median, "ok": ok}
