@@ -10,9 +10,9 @@ from mrdkit.registry import Registry
 REGISTRY_LOCATIONS = {
     "templates": ("mrdkit.data.templates", "TEMPLATES"),
     "estimators": ("mrdkit.scoring.estimators", "ESTIMATORS"),
-    "methods": ("mrdkit.unlearn.methods", "METHODS"),
-    "samplers": ("mrdkit.unlearn.samplers", "SAMPLERS"),
-    "metrics": ("mrdkit.evaluate.metrics", "METRICS"),
+    "methods": ("mrdkit.unlearning.methods", "METHODS"),
+    "samplers": ("mrdkit.unlearning.samplers", "SAMPLERS"),
+    "metrics": ("mrdkit.evaluation.metrics", "METRICS"),
     "experiments": ("mrdkit.bench.experiments", "EXPERIMENTS"),
 }
 
