@@ -31,11 +31,18 @@ __all__ = [
     "trainer_with_sampler",
     "validate_scores",
     "unlearn",
+    "UnlearnConfig",
+    "LoraSettings",
+    "UnlearnResult",
 ]
 
 
+_LAZY = {"unlearn": "mrdkit.unlearning.loop", "UnlearnResult": "mrdkit.unlearning.loop",
+         "UnlearnConfig": "mrdkit.unlearning.config", "LoraSettings": "mrdkit.unlearning.config"}
+
+
 def __getattr__(name: str) -> Any:
-    # the training loop (loop.py) is written separately; import it only when asked for
-    if name == "unlearn":
-        return importlib.import_module("mrdkit.unlearning.loop").unlearn
+    # the loop pulls in accelerate/peft: import it only when asked for
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mrdkit.unlearning' has no attribute {name!r}")

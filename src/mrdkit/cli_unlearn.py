@@ -1,0 +1,146 @@
+"""``mrd unlearn``: unlearn a forget set with a registered method and an (MRD-guided) sampler, into a run directory.
+
+Thin: parse options, load model and data, call :func:`mrdkit.unlearning.loop.unlearn`, print a summary.
+Defaults and their sources: :mod:`mrdkit.unlearning.config` (paper-notes section 6, TOFU's forget.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+LR_HELP = "peak AdamW learning rate (default 1e-5: NPO/TOFU value for 7B models; a tiny model needs ~1e-3)"
+
+
+def _pairs(items: List[str], flag: str) -> dict[str, Any]:
+    """``["beta=0.1", "mode=softmax"]`` -> ``{"beta": 0.1, "mode": "softmax"}`` (values read as YAML scalars)."""
+    import yaml
+
+    from mrdkit.errors import MrdkitError
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MrdkitError(f"{flag} {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def _load(spec: str, limit: Optional[int]) -> list:
+    """Samples of ``spec``: ``tofu:<split>``, a file, a TOFU folder, a hub id, or ``SOURCE:SPLIT``."""
+    from mrdkit.cli_common import load_data
+    from mrdkit.errors import MrdkitError
+
+    if limit is not None and limit < 1:
+        raise MrdkitError(f"a sample limit must be >= 1, got {limit}")
+    source, sep, split = spec.rpartition(":")
+    if sep and source and not spec.startswith("tofu:") and not Path(spec).exists():
+        return load_data(source, split=split, limit=limit)
+    return load_data(spec, limit=limit)
+
+
+def _config(path: Optional[Path], flags: dict[str, Any], lora: Optional[bool], hp: List[str],
+            sampler_args: List[str], sets: List[str]):
+    """Defaults <- YAML file <- explicit flags <- ``--hp`` / ``--sampler-arg`` <- ``--set`` overrides."""
+    from mrdkit.config import apply_overrides, from_dict, load_yaml
+    from mrdkit.unlearning.config import UnlearnConfig
+
+    data = load_yaml(path) if path is not None else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if lora is not None:
+        data["lora"] = (data.get("lora") or {}) if lora else None
+    data["method_kwargs"] = {**(data.get("method_kwargs") or {}), **_pairs(hp, "--hp")}
+    data["sampler_kwargs"] = {**(data.get("sampler_kwargs") or {}), **_pairs(sampler_args, "--sampler-arg")}
+    cfg = apply_overrides(from_dict(UnlearnConfig, data), sets)
+    cfg.check()
+    return cfg
+
+
+def _check_names(method: str, sampler: str, cfg) -> None:
+    """Did-you-mean errors for the method, its hyper-parameters and the sampler before any model or data loads."""
+    from mrdkit.unlearning.methods import build_method
+    from mrdkit.unlearning.samplers import SAMPLERS
+
+    build_method(method, **cfg.method_kwargs)
+    SAMPLERS.get(sampler)
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    def arrow(key: str) -> str:
+        start, end = summary.get(f"{key}_start"), summary.get(f"{key}_end")
+        return "" if start is None else f"{start:.4g} -> {end:.4g}"
+
+    stop = f"step {summary['stop_step']} ({summary['stop_reason']})" if summary.get("stop_step") is not None else "-"
+    rows = {"method / sampler": f"{summary['method']} / {summary['sampler']}", "scores": summary.get("scores") or "-",
+            "steps": f"{summary['steps']} of {summary['total_steps']} (epoch {summary['epochs']})", "early stop": stop,
+            "forget P(a|q)": arrow("forget_prob"), "retain P(a|q)": arrow("retain_prob"),
+            "trainable params": f"{summary['trainable_params']:,}", "wall time": f"{summary['wall_s']:.1f} s",
+            "model": summary.get("model_dir", "")}
+    return [{"": k, "value": v} for k, v in rows.items()]
+
+
+def unlearn_command(
+    model: str = typer.Option(..., help="model: local HF dir, hub id, 'tiny', 'smollm2'"),
+    forget: str = typer.Option(..., help="forget data: 'tofu:forget01', a JSON/JSONL/CSV/parquet file, SOURCE:SPLIT"),
+    retain: Optional[str] = typer.Option(None, help="retain data (same forms), e.g. 'tofu:retain99'"),
+    method: str = typer.Option("ga", help="ga | graddiff | kl | npo | simnpo | idk | idkdpo | rmu"),
+    sampler: str = typer.Option("random", help="random | sequential | cga | mrd_weighted | curriculum | "
+                                               "anti_curriculum | refresh"),
+    mrd: Optional[Path] = typer.Option(None, help="mrd.jsonl from `mrd score` (scores for cga & co.; without "
+                                                  "it a score-based sampler scores MRD on the fly)"),
+    out: Path = typer.Option(..., help="run directory"),
+    lr: Optional[float] = typer.Option(None, help=LR_HELP),
+    epochs: Optional[int] = typer.Option(None, help="passes over the forget sampler (default 5)"),
+    batch_size: Optional[int] = typer.Option(None, help="forget samples per micro-batch (default 4)"),
+    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimizer step (default 1)"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps (overrides --epochs)"),
+    stop_prob: Optional[float] = typer.Option(None, help="stop once the forget set's mean P(a|q) <= this "
+                                                         "(MRD reference code: 0.02)"),
+    lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="LoRA adapters (r 8, alpha 32) or full "
+                                                                      "fine-tuning (default: full)"),
+    hp: List[str] = typer.Option([], "--hp", help="method hyper-parameter key=value (repeatable), e.g. beta=0.1"),
+    sampler_arg: List[str] = typer.Option([], "--sampler-arg", help="sampler option key=value (repeatable)"),
+    set_: List[str] = typer.Option([], "--set", help="config override key=value (repeatable), e.g. "
+                                                     "schedule=cosine, lora.r=16, checkpoint_every=50"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of UnlearnConfig fields"),
+    forget_limit: Optional[int] = typer.Option(None, help="use only the first N forget samples"),
+    retain_limit: Optional[int] = typer.Option(None, help="use only the first N retain samples (retain99 has 3960)"),
+    seed: Optional[int] = typer.Option(None, help="run seed of the sampler, retain pairing, dropout (default 0)"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default auto)"),
+    resume: bool = typer.Option(False, help="continue --out from its last checkpoint (same settings)"),
+    overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
+) -> None:
+    """Unlearn a forget set (GA, GradDiff, NPO, ...) with an MRD-guided sampler; writes model + logs to --out."""
+    from accelerate import PartialState
+
+    from mrdkit.cli_common import load_model_for, print_table
+    from mrdkit.progress import progress_bar
+    from mrdkit.unlearning.loop import unlearn
+
+    flags = dict(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
+                 stop_prob=stop_prob, seed=seed, device=device)
+    cfg = _config(config, flags, lora, hp, sampler_arg, set_)
+    _check_names(method, sampler, cfg)
+    forget_set = _load(forget, forget_limit)
+    retain_set = _load(retain, retain_limit) if retain else None
+    loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed)
+    meta = {"model": model, "forget_data": forget, "retain_data": retain, "forget_limit": forget_limit,
+            "retain_limit": retain_limit}
+    main = PartialState().is_main_process  # under accelerate launch: one bar and one table, not one per process
+    with progress_bar(f"unlearn {method} / {sampler}", 1, show=None if main else False) as bar:
+        result = unlearn(loaded.model, loaded.tokenizer, forget_set, retain_set, method=method, sampler=sampler,
+                         scores=mrd, config=cfg, out_dir=out, resume=resume, overwrite=overwrite, progress=bar,
+                         run_meta=meta)
+    if main:
+        print_table(f"mrd unlearn -> {out}", _summary_rows(result.summary))
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``mrd unlearn`` to the main app."""
+    app.command("unlearn")(unlearn_command)

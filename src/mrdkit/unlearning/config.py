@@ -1,0 +1,170 @@
+"""Settings of the unlearning loop, with where each default comes from.
+
+Sources of the defaults (see ``docs/paper-notes.md`` section 6 and the TOFU reference code, Maini et al. 2024,
+arXiv:2401.06121, ``config/forget.yaml`` / ``config/forget_lora.yaml`` / ``forget.py`` of locuslab/tofu):
+
+- lr 1e-5: NPO runs around the MRD paper (Feng et al., arXiv:2504.06658) and TOFU's forget.yaml; GradDiff used
+  7e-6 there. Both are for 7B models: a tiny model built from config needs ~1e-3 to move in a few steps.
+- epochs 5, weight decay 0.01, AdamW: paper-notes section 6 / TOFU forget.yaml.
+- schedule ``linear`` with one epoch of warmup (``warmup_ratio`` 0.2 of 5 epochs): TOFU's forget.py uses the
+  Hugging Face Trainer default (linear decay) and ``warmup_steps = steps_per_epoch``.
+- max_grad_norm 1.0: the Hugging Face Trainer default that TOFU inherits.
+- batch_size 4 x grad_accum 1: a CPU-sized choice between the MRD reference code (ONE forget sample per step,
+  paper-notes section 3) and TOFU (16 x 4 on GPUs); raise ``grad_accum`` to match TOFU's effective batch.
+- LoRA r 8, alpha 32, dropout 0.05: TOFU forget_lora.yaml; target modules: peft's defaults per model type
+  (GPT-2 ``c_attn``, Llama ``q_proj, v_proj``).
+- stop rule: the MRD reference code's "mean token probability <= 0.02" (paper-notes section 4) when ``stop_prob``
+  is set; off by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from mrdkit.errors import MrdkitError
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters through peft (Hu et al. 2021, arXiv:2106.09685); defaults from TOFU forget_lora.yaml.
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator (the update is ``(alpha / r) * B A``).
+        dropout: dropout on the adapter input.
+        target_modules: module names to adapt; None = peft's default for the model type.
+        merge_on_save: save the merged full model instead of the adapter alone.
+    """
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None
+    merge_on_save: bool = False
+
+
+@dataclass
+class UnlearnConfig:
+    """Everything the loop needs besides the model and the data (defaults: module docstring).
+
+    Attributes:
+        lr: peak AdamW learning rate (1e-5 is for 7B models; tiny models need ~1e-3).
+        epochs: passes over the forget sampler (ignored when ``max_steps`` is set).
+        batch_size: forget samples per micro-batch (per process); the retain / IDK batches have the same size.
+        grad_accum: micro-batches per optimizer step.
+        weight_decay: decoupled AdamW decay on matrices only (not biases / norms, as the HF Trainer).
+        betas: AdamW betas.
+        warmup_ratio: warmup length as a fraction of all steps; ``warmup_steps`` overrides it.
+        warmup_steps: warmup length in steps.
+        schedule: ``constant``, ``linear`` (to 0 at the last step) or ``cosine`` after warmup.
+        max_grad_norm: clip the global gradient norm to this; None = no clipping (the norm is still logged).
+        max_steps: stop after this many optimizer steps (overrides ``epochs``, as in the HF Trainer).
+        seed: derives every random stream (sampler, retain pairing, IDK answers, dropout).
+        template, token_set, max_length: encoding (:func:`mrdkit.data.encode_samples`).
+        stop_prob: stop once the forget set's mean answer probability is <= this (None = off).
+        stop_check_every: measure the forget / retain probability every N steps; None = at each epoch's end.
+        eval_every: call the evaluation callbacks every N steps (and at the end); None = only at the end.
+        checkpoint_every: write a checkpoint every N steps (and at the end); None = only at the end.
+        monitor_retain: retain samples (evenly spaced) whose probability is logged; 0 = none.
+        eval_batch_size: batch size of the probability measurements.
+        train_mode: run the model in train mode (dropout on, as the HF Trainer); dropout is seeded per step.
+        device: ``auto``, ``cpu`` or ``cuda`` (accelerate's device when launched with ``accelerate launch``).
+        lora: LoRA settings, or None for full fine-tuning.
+        method_kwargs: hyper-parameters passed to :func:`mrdkit.unlearning.build_method`.
+        sampler_kwargs: options passed to :func:`mrdkit.unlearning.samplers.build`.
+        mrd_draws, mrd_sigma, mrd_estimator: on-the-fly MRD scoring when a sampler needs scores and none were
+            given (paper-notes section 1: K = 100, sigma = 1e-5).
+        rescore_draws: draws of the cheap re-scoring the ``refresh`` sampler runs every epoch.
+    """
+
+    lr: float = 1e-5
+    epochs: int = 5
+    batch_size: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.2
+    warmup_steps: Optional[int] = None
+    schedule: str = "linear"
+    max_grad_norm: Optional[float] = 1.0
+    max_steps: Optional[int] = None
+    seed: int = 0
+    template: str = "auto"
+    token_set: str = "answer"
+    max_length: int = 512
+    stop_prob: Optional[float] = None
+    stop_check_every: Optional[int] = None
+    eval_every: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    monitor_retain: int = 64
+    eval_batch_size: int = 16
+    train_mode: bool = True
+    device: str = "auto"
+    lora: Optional[LoraSettings] = None
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    mrd_draws: int = 100
+    mrd_sigma: float = 1e-5
+    mrd_estimator: str = "antithetic"
+    rescore_draws: int = 8
+
+    def check(self) -> None:
+        """Raise :class:`MrdkitError` naming the first invalid field."""
+        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum, "max_length": self.max_length,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            _require(value > 0, f"{name} must be > 0, got {value}")
+        for name in ("max_steps", "warmup_steps", "stop_check_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            _require(value is None or value >= (0 if name == "warmup_steps" else 1),
+                     f"{name} must be a positive number of steps or None, got {value}")
+        _require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _require(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or None")
+        _require(self.stop_prob is None or 0 < self.stop_prob < 1, f"stop_prob must be in (0, 1), got {self.stop_prob}")
+        _require(self.monitor_retain >= 0, f"monitor_retain must be >= 0, got {self.monitor_retain}")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
+        if self.lora is not None:
+            _require(self.lora.r >= 1 and self.lora.alpha > 0 and 0 <= self.lora.dropout < 1,
+                     f"lora needs r >= 1, alpha > 0, 0 <= dropout < 1; got {self.lora}")
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps for a run of ``total_steps``: ``warmup_steps`` or ``ceil(warmup_ratio * total)``."""
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, total_steps)
+        return math.ceil(self.warmup_ratio * total_steps)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise MrdkitError(f"unlearn config: {message}")
+
+
+@dataclass
+class LrSchedule:
+    """Learning-rate factor of optimizer step ``s`` (0-based), as the Hugging Face schedulers TOFU runs with.
+
+    ``f(s) = s / W`` for ``s < W`` (warmup; the first step has lr 0, as ``get_linear_schedule_with_warmup``);
+    afterwards, with progress ``u = (s - W) / max(1, T - W)``: ``1`` (constant), ``max(0, 1 - u)`` (linear) or
+    ``max(0, (1 + cos(pi u)) / 2)`` (cosine). A callable object so that ``LambdaLR.state_dict`` stores it.
+    """
+
+    total: int
+    warmup: int
+    kind: str = "linear"
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        if self.kind == "constant":
+            return 1.0
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -1,0 +1,79 @@
+"""LoRA adapters (peft) or full fine-tuning: which parameters the unlearning loop trains, and how it saves them.
+
+With LoRA (Hu et al. 2021, arXiv:2106.09685) the update of a weight ``W`` is ``(alpha / r) * B A`` with ``A``
+(r, d_in) random and ``B`` (d_out, r) zero at the start, so the adapted model starts identical to the base model
+and only ``A``, ``B`` train; the base weights stay bitwise unchanged unless the adapter is merged on save.
+TOFU's unlearning runs offer the same choice (``LoRA.r: 0`` = full fine-tuning, forget.yaml / forget_lora.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrdkit.errors import MrdkitError
+from mrdkit.seeding import derive_seed
+from mrdkit.unlearning.config import LoraSettings
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """peft's default LoRA targets for the model's type (GPT-2: ``c_attn``; Llama: ``q_proj, v_proj``)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULTS:
+        raise MrdkitError(f"no default LoRA target modules for model type {model_type!r}: set "
+                          f"lora.target_modules (e.g. --set lora.target_modules=q_proj,v_proj)")
+    return list(DEFAULTS[model_type])
+
+
+def apply_lora(model: torch.nn.Module, settings: LoraSettings, seed: int = 0) -> tuple[Any, list[str]]:
+    """Wrap ``model`` with fresh LoRA adapters; returns (peft model, resolved target modules).
+
+    Adapter initialisation draws from the global RNG inside peft, so it runs under ``fork_rng`` seeded from
+    ``(seed, "lora-init")``: the same inputs give the same adapters and the caller's RNG is untouched (house rule 5).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(settings.target_modules or default_target_modules(model))
+    model_type = getattr(model.config, "model_type", "")
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                        fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D stores weights transposed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "lora-init"))
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as exc:  # e.g. a target module that is not in the model
+            raise MrdkitError(f"LoRA: {str(exc).splitlines()[0]}") from None
+    return peft_model, targets
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Named parameters with ``requires_grad`` (LoRA: adapters only); tied weights appear once."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_final_model(model: torch.nn.Module, tokenizer: Any, path: Path, *, merge: bool) -> torch.nn.Module:
+    """Write the unlearned model (safetensors) and tokenizer to ``path``; returns the model to hand back.
+
+    Full fine-tuning: ``save_pretrained`` (transformers 5 always writes safetensors), loadable with
+    :func:`mrdkit.models.load_model`. LoRA: the adapter alone (``adapter_model.safetensors``, peft's safe
+    serialisation), or with ``merge`` the merged full model (``merge_and_unload``; the base weights change).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if is_peft(model) and merge:
+        model = model.merge_and_unload()
+    if is_peft(model):
+        model.save_pretrained(str(path), safe_serialization=True)
+    else:
+        model.save_pretrained(str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return model
