@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import typer
@@ -35,6 +36,8 @@ def score_command(
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
     set_: List[str] = typer.Option([], "--set", help="extra MRD setting key=value (repeatable)"),
+    perturb_mode: str = typer.Option("copy", help="copy (clone all weights) | lowmem (one module at a time)"),
+    shard: str = typer.Option("draws", help="under torchrun: split draws | samples over the ranks"),
 ) -> None:
     """Score MRD per sample: high MRD = fragile memory = easy to unlearn."""
     from mrdkit.cli_common import load_data, load_model_for, print_table
@@ -44,17 +47,20 @@ def score_command(
 
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
-                    clip=clip, proxies=proxies)
+                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard)
     cfg = apply_overrides(cfg, set_).validate()
     samples = load_data(data, split=split, limit=limit, question_key=question_key, answer_key=answer_key,
                         text_key=text_key)
-    loaded = load_model_for(model, samples, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                            for_mrd=True, seed=seed)
-    if check_sigma:
+    loaded = load_model_for(model, samples, dtype=dtype, device=_rank_device(device),
+                            trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    if check_sigma and main_rank:
         _print_sigma_check(loaded, samples, cfg)
-    with progress_bar(f"MRD {cfg.estimator} K={cfg.draws}", cfg.draws) as bar:
+    with progress_bar(f"MRD {cfg.estimator} K={cfg.draws}", cfg.draws, show=None if main_rank else False) as bar:
         result = score_mrd(loaded, samples, config=cfg, out_dir=out, resume=resume, overwrite=overwrite,
                            progress=bar)
+    if not main_rank:
+        return
     rows = sorted(result.rows(), key=lambda r: -r["mrd"])
     shown = rows[:5] + rows[-5:] if len(rows) > 10 else rows
     print_table(f"MRD of {len(rows)} samples (easiest first; top and bottom 5)", shown,
@@ -62,6 +68,15 @@ def score_command(
     summary = result.summary()
     typer.echo(f"median MRD {summary['mrd_median']:.4g}; unresolved at K={cfg.draws}: {summary['unresolved']} "
                f"of {summary['n_samples']}; wrote {out}/mrd.jsonl")
+
+
+def _rank_device(device: str) -> str:
+    """Under a multi-process launcher each rank takes its own GPU (``cuda:LOCAL_RANK``) when CUDA is used."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else device
 
 
 def _print_sigma_check(loaded, samples, cfg) -> None:

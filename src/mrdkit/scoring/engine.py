@@ -21,7 +21,8 @@ from mrdkit.errors import MrdkitError
 from mrdkit.logprob import IGNORE_INDEX, model_device, token_logprobs
 from mrdkit.scoring.estimators import (ESTIMATORS, Accumulator, EstimateResult, masked_row_sums, relative_change,
                                        resume_accumulator)
-from mrdkit.scoring.perturb import Perturber, eval_mode, select_parameters
+from mrdkit.scoring.lowmem import make_perturber
+from mrdkit.scoring.perturb import eval_mode, select_parameters
 
 Batch = Mapping[str, Any]
 _KEYS = ("input_ids", "attention_mask", "labels")
@@ -170,13 +171,24 @@ def relative_changes(model: torch.nn.Module, base: BasePass) -> torch.Tensor:
     return base.to_input_order(parts)
 
 
+def draw_values(model: torch.nn.Module, base: BasePass, pert: Any, draw: int, signs: tuple[int, ...]
+                ) -> list[torch.Tensor]:
+    """One (N,) tensor of relative changes per sign under ``theta_0 + sign * sigma * z_draw``; restores after."""
+    rs = []
+    for sign in signs:
+        pert.apply(draw, sign)
+        rs.append(relative_changes(model, base))
+    pert.restore()
+    return rs
+
+
 def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: int, sigma: float,
                   estimator: str = "antithetic", seed: int = 0, scheme: str = "mrdkit",
                   param_pattern: Optional[str] = None, relative: bool = False, clip: Optional[float] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
                   checkpoint: Optional[Callable[[int, dict[str, Any]], None]] = None, start_draw: int = 0,
                   accumulator: Union[Accumulator, Mapping[str, Any], None] = None,
-                  width_multiple: Optional[int] = 8) -> EngineResult:
+                  width_multiple: Optional[int] = 8, perturb_mode: str = "copy") -> EngineResult:
     """Score MRD for every sample of ``batches`` (arXiv 2504.06658) with common random numbers.
 
     ``MRD(x) = | (1/K) sum_k sum_t (l_t(theta) - l_t(theta + delta_k)) / l_t(theta) |``, delta_k ~ N(0, sigma^2 I)
@@ -196,6 +208,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: in
         start_draw, accumulator: resume from a checkpoint; bitwise identical to an uninterrupted run.
         width_multiple: pad each sample to a multiple of this whatever its batch (:func:`canonical_batches`);
             ``None`` evaluates the batches as given.
+        perturb_mode: ``copy`` (one clone of all perturbed weights) or ``lowmem`` (one module's weights at a
+            time, :mod:`mrdkit.scoring.lowmem`); bitwise-equal numbers.
 
     Returns:
         :class:`EngineResult` (per-sample tensors in the input order of ``ids``).
@@ -204,7 +218,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: in
         raise MrdkitError(f"need draws >= 1 and 0 <= start_draw <= draws (got draws={draws}, start={start_draw})")
     ESTIMATORS.get(estimator)  # fail on a bad name before any forward pass (so do Perturber's checks)
     params = select_parameters(model, param_pattern)
-    with eval_mode(model), Perturber(model, params, sigma=sigma, seed=seed, relative=relative, scheme=scheme) as pert:
+    with eval_mode(model), make_perturber(perturb_mode, model, params, sigma=sigma, seed=seed, relative=relative,
+                                          scheme=scheme) as pert:
         base = base_pass(model, batches, width_multiple)
         meta = {"estimator": estimator, "sigma": float(sigma), "seed": int(seed), "scheme": scheme,
                 "relative": bool(relative), "param_pattern": param_pattern, "width_multiple": width_multiple,
@@ -212,27 +227,23 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: in
         acc = resume_accumulator(accumulator, start_draw, estimator, len(base.ids), meta)
         passes = len(base.batches)
         for k in range(start_draw, draws):
-            rs = []
-            for sign in acc.signs:
-                pert.apply(k, sign)
-                rs.append(relative_changes(model, base))
-                passes += len(base.batches)
-            pert.restore()
-            acc.add(k, *rs)
+            acc.add(k, *draw_values(model, base, pert, k, acc.signs))
+            passes += len(acc.signs) * len(base.batches)
             if checkpoint is not None:
                 checkpoint(k, acc.state_dict())
             if progress is not None:
                 progress(k + 1, draws)
-    config = {k: v for k, v in meta.items() if k != "ids"} | {"draws": int(draws), "clip": clip}
+    config = {k: v for k, v in meta.items() if k != "ids"} | {"draws": int(draws), "clip": clip,
+                                                              "perturb_mode": perturb_mode}
     return EngineResult(base.ids, acc.finalize(clip), base.sequence_logprob(), base.n_tokens(), config,
                         pert.names, pert.n_elements, passes)
 
 
 def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, signs: tuple[int, ...],
-                **noise: Any) -> list[torch.Tensor]:
+                mode: str = "copy", **noise: Any) -> list[torch.Tensor]:
     """(N,) sequence log-probs ``S = sum_t l_t`` under draw 0 of ``noise`` with each sign (given batch order)."""
     out = []
-    with Perturber(model, params, **noise) as pert:
+    with make_perturber(mode, model, params, **noise) as pert:
         for sign in signs:
             pert.apply(0, sign)
             out.append(base_pass(model, batches, None).sequence_logprob())
@@ -241,7 +252,7 @@ def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, sign
 
 def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: float = 1e-5, seed: int = 0,
                 param_pattern: Optional[str] = None, relative: bool = False, scheme: str = "mrdkit",
-                factor: float = 100.0) -> dict[str, Any]:
+                factor: float = 100.0, perturb_mode: str = "copy") -> dict[str, Any]:
     """Is a sigma-perturbation visible above the floating-point floor of the sequence log-prob ``S = sum_t l_t``?
 
     Floor: the larger of (a) ``max |S - S_repeat|`` over two unperturbed passes (non-determinism; 0 on CPU) and
@@ -249,6 +260,7 @@ def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: floa
     Effects of one draw ``delta ~ N(0, sigma^2 I)``: total ``|S(theta + delta) - S|`` (first-order dominated) and
     curvature ``|S(theta + delta) + S(theta - delta) - 2 S| / 2``, the part the antithetic MRD estimator keeps
     (arXiv 2504.06658; paper-notes sec. 1-2). Warns (``warnings.warn``) when a median effect < factor x floor.
+    ``perturb_mode`` as in :func:`score_batches` (``lowmem`` for models without room for a weight copy).
 
     Returns:
         dict: repeat_diff, ulp_effect, floor, effect_median/min, effect_ratio (median / floor), ok (effect_ratio >=
@@ -258,10 +270,10 @@ def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: floa
     eps = max(torch.finfo(p.dtype).eps for _, p in params)
     batches = canonical_batches(batches, max_width=max_positions(model))[0]
     with eval_mode(model):
-        first, repeat = _sums_under(model, batches, params, (1, 1), sigma=0.0)
-        (ulp,) = _sums_under(model, batches, params, (1,), sigma=eps, seed=seed, relative=True)
-        plus, minus = _sums_under(model, batches, params, (1, -1), sigma=sigma, seed=seed, relative=relative,
-                                  scheme=scheme)
+        first, repeat = _sums_under(model, batches, params, (1, 1), perturb_mode, sigma=0.0)
+        (ulp,) = _sums_under(model, batches, params, (1,), perturb_mode, sigma=eps, seed=seed, relative=True)
+        plus, minus = _sums_under(model, batches, params, (1, -1), perturb_mode, sigma=sigma, seed=seed,
+                                  relative=relative, scheme=scheme)
     out = {"repeat_diff": float((repeat - first).abs().max()), "ulp_effect": float((ulp - first).abs().max()),
            "sigma": float(sigma), "factor": factor, "effect_min": float((plus - first).abs().min())}
     floor = out["floor"] = max(out["repeat_diff"], out["ulp_effect"])

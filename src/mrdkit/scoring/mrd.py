@@ -51,6 +51,8 @@ class MRDConfig:
     grad_norm: bool = True
     checkpoint_every: int = 5
     diagnostics: bool = True
+    perturb_mode: str = "copy"  # copy | lowmem (one module's weights cloned at a time; same numbers)
+    shard: str = "draws"  # multi-process split: draws | samples (mrdkit.scoring.distributed; same numbers)
 
     def validate(self) -> "MRDConfig":
         """Raise a one-line :class:`MrdkitError` for values that cannot work."""
@@ -67,6 +69,9 @@ class MRDConfig:
             raise MrdkitError("batch_size and checkpoint_every must be >= 1")
         if self.token_set not in ("all", "answer"):
             raise MrdkitError(f"token_set must be 'all' or 'answer', got {self.token_set!r}")
+        if self.perturb_mode not in ("copy", "lowmem") or self.shard not in ("draws", "samples"):
+            raise MrdkitError(f"perturb_mode must be copy|lowmem and shard draws|samples, got {self.perturb_mode!r}, "
+                              f"{self.shard!r}")
         return self
 
 
@@ -141,7 +146,8 @@ def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig) -> list
 
 def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, config: Optional[MRDConfig] = None,
               out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-              progress: Optional[Callable[[int, int], None]] = None, **overrides: Any) -> MRDResult:
+              progress: Optional[Callable[[int, int], None]] = None, distributed: Optional[bool] = None,
+              **overrides: Any) -> MRDResult:
     """Score MRD for ``samples`` (arXiv:2504.06658) and, with ``out_dir``, write a resumable run directory.
 
     Args:
@@ -152,6 +158,8 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
         out_dir: run directory (mrd.jsonl, mrd.parquet, draws.safetensors, summary.json, mrd_hist.png).
         resume: continue an interrupted run in ``out_dir`` (refused if its config differs).
         progress: ``progress(draws_done, draws_total)``.
+        distributed: split the draws or samples (``shard``) over the ranks of ``torch.distributed``
+            (:mod:`mrdkit.scoring.distributed`); None = automatic under torchrun / an initialised group.
 
     Returns:
         :class:`MRDResult`.
@@ -164,6 +172,11 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     check_mrd_dtype(module)
     if not samples:
         raise MrdkitError("no samples to score")
+    from mrdkit.scoring.distributed import score_mrd_distributed, wants_distributed
+
+    if wants_distributed(distributed):
+        return score_mrd_distributed(module, samples, tokenizer, cfg, out_dir=out_dir, resume=resume,
+                                     overwrite=overwrite, progress=progress)
     run = _open_run(out_dir, cfg, samples, resume, overwrite)
     batches = make_batches(samples, tokenizer, cfg)
     timing: dict[str, float] = {}
@@ -174,7 +187,8 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     result = score_batches(module, batches, draws=cfg.draws, sigma=cfg.sigma, estimator=cfg.estimator,
                            seed=cfg.seed, scheme=cfg.scheme, param_pattern=cfg.param_pattern,
                            relative=cfg.relative, clip=cfg.clip, progress=progress,
-                           checkpoint=_checkpointer(run, cfg), start_draw=start, accumulator=state)
+                           checkpoint=_checkpointer(run, cfg), start_draw=start, accumulator=state,
+                           perturb_mode=cfg.perturb_mode)
     timing["draws_s"] = time.perf_counter() - tic
     timing["forward_passes"] = float(result.forward_passes)
     out = _to_result(result, proxies, cfg, timing, run)
@@ -194,14 +208,14 @@ def _resolve_config(config: Optional[MRDConfig], overrides: dict[str, Any]) -> M
     return replace(cfg, **overrides).validate()
 
 
-def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool):
+def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool, **extra: Any):
     if out_dir is None:
         return None
     from mrdkit.runs import RunDir
 
     ids_digest = _digest("\n".join(s.id for s in samples))
-    return RunDir(out_dir, {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": ids_digest},
-                  resume=resume, overwrite=overwrite)
+    config = {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": ids_digest, **extra}
+    return RunDir(out_dir, config, resume=resume, overwrite=overwrite)
 
 
 def _digest(text: str) -> str:
@@ -235,7 +249,7 @@ def _floor_diagnostics(module, batches, cfg: MRDConfig) -> dict[str, Any]:
     from mrdkit.scoring.engine import floor_check
 
     return floor_check(module, batches, sigma=cfg.sigma, seed=cfg.seed, param_pattern=cfg.param_pattern,
-                       relative=cfg.relative, scheme=cfg.scheme)
+                       relative=cfg.relative, scheme=cfg.scheme, perturb_mode=cfg.perturb_mode)
 
 
 def _checkpointer(run, cfg: MRDConfig):

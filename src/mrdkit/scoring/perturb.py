@@ -67,6 +67,18 @@ def _check_dtype(name: str, p: torch.Tensor) -> None:
         raise MrdkitError(f"parameter {name!r} has non-floating dtype {p.dtype} and cannot be perturbed")
 
 
+def add_noise(p: torch.Tensor, clone: torch.Tensor, z: torch.Tensor, scale: float, relative: bool) -> None:
+    """``p += scale * z`` (``scale * |clone| * z`` when ``relative``), overwriting ``z``; the one rounding rule.
+
+    Every perturbation mode calls this, so they agree bit for bit. delta is rounded on its own, then added (as
+    the reference's ``p + randn_like(p) * sigma``): a fused ``add_(z, alpha=sigma)`` differs by 1 ulp in ~5% of
+    elements, and -delta is then exactly -(+delta).
+    """
+    if relative:
+        z.mul_(clone.abs())
+    p.add_(z.mul_(scale))
+
+
 class Perturber:
     """Applies draw k of the MRD noise to a set of parameters and restores them bit-exactly.
 
@@ -122,11 +134,7 @@ class Perturber:
         return self._buffers[key][: p.numel()].view(p.shape)
 
     def _add(self, p: torch.Tensor, clone: torch.Tensor, z: torch.Tensor, sign: int) -> None:
-        # delta is rounded on its own, then added (as the reference's ``p + randn_like(p) * sigma``): a fused
-        # ``add_(z, alpha=sigma)`` differs by 1 ulp in ~5% of elements, and -delta is then exactly -(+delta).
-        if self.relative:
-            z.mul_(clone.abs())
-        p.add_(z.mul_(sign * self.sigma))
+        add_noise(p, clone, z, sign * self.sigma, self.relative)
 
     def _noises_mrdkit(self, draw: int) -> Iterator[tuple[int, torch.Tensor]]:
         for i, (name, p) in enumerate(self.params):
