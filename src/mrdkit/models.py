@@ -206,6 +206,10 @@ def load_model(
         from mrdkit.tiny import load_tiny
 
         return load_tiny(spec, texts=tiny_texts, seed=seed, attn_implementation=attn_implementation, **common)
+    if spec == "testbed" or spec.startswith(("testbed:", "testbed-")):  # testbed[-tier][:target|retain]
+        from mrdkit.testbed import load_testbed_spec
+
+        return load_testbed_spec(spec, attn_implementation=attn_implementation, **common)
     hf = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
     if spec == "smollm2":
         return _load_pretrained(str(smollm2_dir()), "smollm2", local=True, hf=hf, **common)

@@ -3,6 +3,7 @@
 ``import mrdkit.data`` does not import torch; :func:`collate` imports it when first called.
 """
 
+from mrdkit.data.chunking import chunk_documents, load_chunks, tokenizer_fingerprint
 from mrdkit.data.encode import (
     IGNORE_INDEX,
     TOKEN_SETS,
@@ -36,6 +37,7 @@ __all__ = [
     "TEMPLATES",
     "TOKEN_SETS",
     "check_unique_ids",
+    "chunk_documents",
     "collate",
     "detect_fields",
     "encode_samples",
@@ -43,6 +45,7 @@ __all__ = [
     "inspect_samples",
     "iter_batches",
     "length_stats",
+    "load_chunks",
     "load_idk",
     "load_samples",
     "load_tofu",
@@ -51,5 +54,6 @@ __all__ = [
     "records_to_samples",
     "render",
     "tokenizer_adds_bos",
+    "tokenizer_fingerprint",
     "tofu_split",
 ]

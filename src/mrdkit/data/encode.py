@@ -9,7 +9,10 @@ Encoding rules (one place, so scoring, unlearning and evaluation see identical t
   starts with BOS, as the model saw in training. Otherwise, if the prompt is empty (raw text), the sequence
   starts with BOS, or EOS when there is no BOS (lm-evaluation-harness's convention for GPT-2-style models), so
   that the first text token has a context and is scored. A BOS the chat template already wrote is not doubled.
-- EOS is appended after the answer when ``add_eos`` (so the model learns, and is scored on, stopping).
+- EOS is appended after the answer when ``add_eos`` (so the model learns, and is scored on, stopping), except
+  after a raw-text chunk that does not end its document (``extra["ends_document"] is False``).
+- Raw-text chunks (:mod:`mrdkit.data.chunking`) carry their window's token ids (``extra["input_ids"]``); these
+  are used instead of re-tokenizing the decoded text when the chunk was made with the same tokenizer.
 - Labels are ``-100`` on the first token (nothing predicts it) and, for ``token_set="answer"``, on the start
   token and the prompt; so the labels that are not ``-100`` are exactly the tokens ``token_logprobs`` scores.
 - Sequences longer than ``max_length`` are cut on the right; one warning counts them.
@@ -85,6 +88,25 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def _answer_ids(samples: Sequence[Sample], answers: list[str], tokenizer: Any) -> list[list[int]]:
+    """Answer ids: the ids a raw-text chunk carries (:mod:`mrdkit.data.chunking`) when this tokenizer made them,
+    else the tokenized answer text (with one warning if chunks of another tokenizer had to be re-tokenized)."""
+    ids = _tokenize(tokenizer, answers)
+    if not any("input_ids" in s.extra for s in samples):
+        return ids
+    from mrdkit.data.chunking import pretokenized_ids, tokenizer_fingerprint
+
+    fingerprint, foreign = tokenizer_fingerprint(tokenizer), 0
+    for i, s in enumerate(samples):
+        carried = pretokenized_ids(s, fingerprint)
+        foreign += carried is None and s.kind == "text" and "input_ids" in s.extra
+        ids[i] = carried if carried is not None else ids[i]
+    if foreign:
+        warnings.warn(f"{foreign} text chunks carry token ids of another tokenizer: their text was re-tokenized",
+                      stacklevel=3)
+    return ids
+
+
 def _eos(tokenizer: Any, add_eos: bool) -> list[int]:
     if not add_eos:
         return []
@@ -134,7 +156,8 @@ def encode_samples(samples: Sequence[Sample], tokenizer: Any, *, template: str |
     rendered = [render(s, tokenizer, template) for s in samples]
     prompts = _tokenize(tokenizer, [p for p, _ in rendered])
     eos = _eos(tokenizer, add_eos)
-    answers = [ids + eos for ids in _tokenize(tokenizer, [a for _, a in rendered])]
+    answers = [ids + (eos if s.extra.get("ends_document", True) else [])
+               for s, ids in zip(samples, _answer_ids(samples, [a for _, a in rendered], tokenizer))]
     adds_bos = tokenizer_adds_bos(tokenizer)
     out = [_encode_one(s.id, _start_ids(tokenizer, p, adds_bos), p, a, token_set, max_length)
            for s, p, a in zip(samples, prompts, answers)]

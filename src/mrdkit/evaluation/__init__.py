@@ -1,7 +1,10 @@
 """Evaluation: unlearning metrics (TOFU, MUSE, MIA, MCQ), difficulty correlations, community-format I/O.
 
 Pure math lives in :mod:`~mrdkit.evaluation.metrics` (registry :data:`~mrdkit.evaluation.metrics.METRICS`),
-:mod:`~mrdkit.evaluation.correlation` and :mod:`~mrdkit.evaluation.community`; the code that runs models calls them.
+:mod:`~mrdkit.evaluation.correlation` and :mod:`~mrdkit.evaluation.community`; the code that runs models calls them:
+:func:`evaluate` (:mod:`~mrdkit.evaluation.runner`: TOFU suite in :mod:`~mrdkit.evaluation.tofu`, multiple choice
+and perplexity in :mod:`~mrdkit.evaluation.mcq`, greedy generation in :mod:`~mrdkit.evaluation.generation`) and
+the difficulty ground truth :func:`required_updates` / :func:`correlation_report` (:mod:`~mrdkit.evaluation.difficulty`).
 Names are resolved lazily so ``import mrdkit.evaluation`` does not pull in scipy, scikit-learn or rouge-score.
 """
 
@@ -22,6 +25,12 @@ _LAZY = {
     **{name: "mrdkit.evaluation.community" for name in (
         "FORGET_TRUTH_RATIO", "to_community", "summarize", "write_community", "read_community",
         "read_forget_truth_ratios", "value_field")},
+    **{name: "mrdkit.evaluation.runner" for name in ("evaluate", "EvalResult", "reference_from_log")},
+    **{name: "mrdkit.evaluation.tofu" for name in ("TofuConfig", "Reference", "reference_from_model")},
+    **{name: "mrdkit.evaluation.generation" for name in ("generate_greedy",)},
+    **{name: "mrdkit.evaluation.mcq" for name in ("evaluate_mcq", "evaluate_perplexity", "option_logprobs")},
+    **{name: "mrdkit.evaluation.difficulty" for name in (
+        "required_updates", "DifficultyConfig", "Snapshot", "difficulty_table", "correlation_report")},
 }
 
 __all__ = sorted(_LAZY)

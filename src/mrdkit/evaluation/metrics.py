@@ -271,6 +271,11 @@ def _mean_of(fn: Callable[..., float]) -> Callable[..., float]:
     return aggregate
 
 
+def muse_rouge(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """MUSE VerbMem / KnowMem: ``100 * mean_i rouge_l_f1(pred_i, ref_i)`` (Shi et al. 2024, arXiv:2407.06460)."""
+    return 100.0 * _nanmean(rouge_l_f1_batch(predictions, references), "muse_rouge")
+
+
 def mean_probability(mean_logprobs: Sequence[float]) -> float:
     """Mean of :func:`answer_probability` over samples (TOFU ``*_Q_A_Prob``; NaN skipped)."""
     return _nanmean(np.exp(_arr(mean_logprobs)), "probability")
@@ -291,6 +296,9 @@ _REGISTERED: list[tuple[str, Callable[..., float], bool | None, str]] = [
     ("privleak", privacy_leakage, None, "open-unlearning privleak: relative MIA AUC gap to the retain model, %"),
     ("rel_diff", relative_difference, None, "relative difference to a reference value, %"),
     ("muse_privleak", muse_privleak, None, "MUSE PrivLeak from Min-40% scores, relative to AUC_retrain, %"),
+    ("muse_auc", muse_auc, None, "MUSE forget (0) vs holdout (1) Min-40% AUC; ~0 while the forget set is known"),
+    ("muse_verbmem", muse_rouge, None, "MUSE VerbMem: 100 x mean ROUGE-L F1 of 128-token continuations"),
+    ("muse_knowmem", muse_rouge, None, "MUSE KnowMem: 100 x mean ROUGE-L F1 of cut few-shot answers"),
     ("multiple_choice_accuracy", multiple_choice_accuracy, None, "argmax-option accuracy on MCQ (WMDP)"),
     ("perplexity", perplexity, None, "corpus perplexity exp(total NLL / total tokens)"),
 ]

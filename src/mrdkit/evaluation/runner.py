@@ -1,0 +1,311 @@
+"""``mrdkit.evaluate``: run a benchmark, aggregate, and write the run directory (re-runs skip finished work).
+
+Outputs (house rule 7; open-unlearning's ``Evaluator`` for the community files):
+
+- ``eval.json``: ``{"metrics": {name: {value, higher_is_better, n}}, "meta": {...}}``. ``forget_truth_ratio``
+  also keeps its per-sample values, so this file can serve as a retain log (forget-quality reference).
+- ``eval_samples.jsonl``: one row per (split, sample): ``{id, split, index, <columns>}``; ``index`` is the row
+  in the evaluated split (the community index).
+- TOFU only: ``TOFU_EVAL.json`` / ``TOFU_SUMMARY.json`` (``agg_value`` + ``value_by_index``); MUSE-News
+  (:mod:`mrdkit.evaluation.muse`): ``MUSE_EVAL.json`` / ``MUSE_SUMMARY.json``.
+
+Skipping: a task (one model pass over one split) whose columns are already in ``eval_samples.jsonl`` for every
+sample is not run again unless ``overwrite``; aggregates and derived metrics are always recomputed from the rows
+(cheap), so a new retain reference updates forget quality without touching the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mrdkit.errors import MrdkitError
+from mrdkit.evaluation import tofu
+from mrdkit.evaluation.tofu import Reference, TofuConfig
+
+BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
+# options that change the numbers; a run directory made with other values is refused without overwrite
+IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
+            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens")
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns (and writes).
+
+    Attributes:
+        metrics: ``{name: {"value", "higher_is_better", "n"}}``.
+        rows: per-sample rows ``{id, split, index, ...}``.
+        meta: run description, notes on omitted metrics, the forget-quality reference.
+        community: the ``TOFU_EVAL.json`` document (TOFU only).
+        out_dir: the run directory, when one was written.
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    community: dict[str, Any] | None = None
+    out_dir: Path | None = None
+
+    def value(self, name: str) -> float | None:
+        """Aggregate value of metric ``name`` (one-line error naming the known metrics when absent)."""
+        if name not in self.metrics:
+            raise MrdkitError(f"no metric {name!r} in this evaluation (have: {', '.join(sorted(self.metrics))})")
+        return self.metrics[name]["value"]
+
+
+def _resolve_model(model: Any, tokenizer: Any, dtype: str, device: str) -> tuple[Any, Any, str | None]:
+    """(module, tokenizer, spec) from a spec string, a :class:`~mrdkit.models.LoadedModel` or a module."""
+    if isinstance(model, (str, Path)):
+        from mrdkit.models import load_model
+
+        lm = load_model(str(model), dtype=dtype, device=device)
+        return lm.model, lm.tokenizer, str(model)
+    if hasattr(model, "tokenizer") and hasattr(model, "model"):
+        return model.model, model.tokenizer, getattr(model, "spec", None)
+    if tokenizer is None:
+        raise MrdkitError("evaluate(model=<module>) needs tokenizer=...")
+    return model, tokenizer, None
+
+
+class RowStore:
+    """Per-sample rows keyed by (split, id), persisted to ``eval_samples.jsonl`` after every task."""
+
+    def __init__(self, out: Path | None, rows: Sequence[dict] = ()):
+        self.out = out
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {(r["split"], r["id"]): dict(r) for r in rows}
+
+    def has(self, split: str, ids: Sequence[str], columns: Sequence[str]) -> bool:
+        """Whether every sample of ``split`` already has every column."""
+        return all(all(c in self.rows.get((split, i), {}) for c in columns) for i in ids)
+
+    def merge(self, split: str, ids: Sequence[str], columns: dict[str, dict[str, Any]]) -> None:
+        for index, sid in enumerate(ids):
+            row = self.rows.setdefault((split, sid), {"id": sid, "split": split, "index": index})
+            row.update(columns.get(sid, {}))
+        self.save()
+
+    def split(self, split: str) -> dict[str, dict[str, Any]]:
+        return {sid: row for (sp, sid), row in self.rows.items() if sp == split}
+
+    def save(self) -> None:
+        if self.out is not None:
+            from mrdkit.runs import atomic_write_jsonl
+
+            atomic_write_jsonl(self.out / "eval_samples.jsonl", list(self.rows.values()))
+
+
+def _open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> RowStore:
+    """Check an existing run directory's identity and load its rows (none when ``overwrite``)."""
+    if out is None:
+        return RowStore(None)
+    from mrdkit.runs import RunDir, read_json, read_jsonl
+
+    rows: list[dict] = []
+    if not overwrite and (out / "config.json").is_file():
+        previous = read_json(out / "config.json")
+        diff = sorted(k for k in IDENTITY if previous.get(k) != identity.get(k))
+        if diff:
+            raise MrdkitError(f"{out} holds an evaluation with other settings (differs in: {', '.join(diff)}); "
+                              f"use --overwrite or another --out")
+        if (out / "eval_samples.jsonl").is_file():
+            rows = read_jsonl(out / "eval_samples.jsonl")
+    RunDir(out, identity, overwrite=True)
+    return RowStore(out, rows)
+
+
+def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, device: str) -> Reference | None:
+    """The forget-quality / privleak reference: a retain log, or a retain model evaluated now (forget + holdout
+    scoring passes only, no generation)."""
+    if retain_model is not None and retain_log is not None:
+        raise MrdkitError("give either a retain model or a retain log, not both")
+    if retain_log is not None:
+        return reference_from_log(retain_log)
+    if retain_model is None:
+        return None
+    module, tok, spec = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device)
+    return tofu.reference_from_model(module, tok, cfg, spec or "in-memory retain model")
+
+
+def _log_auc(doc: Any) -> float | None:
+    """``mia_min_k`` AUC from a community ``TOFU_EVAL``/``SUMMARY`` or an mrdkit ``eval.json`` document."""
+    for holder in (doc, doc.get("metrics") if isinstance(doc, dict) else None):
+        entry = holder.get("mia_min_k") if isinstance(holder, dict) else None
+        value = entry.get("agg_value", entry.get("value")) if isinstance(entry, dict) else entry
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def reference_from_log(path: str | Path) -> Reference:
+    """A retain model's log as reference: a community ``TOFU_EVAL.json``, an mrdkit ``eval.json``, an original
+    TOFU ``eval_log_forget.json``, or a run directory holding one of the first two."""
+    from mrdkit.evaluation.community import read_forget_truth_ratios
+    from mrdkit.runs import read_json
+
+    p = Path(path)
+    if p.is_dir():
+        found = [p / n for n in ("TOFU_EVAL.json", "eval.json") if (p / n).is_file()]
+        if not found:
+            raise MrdkitError(f"{p}: no TOFU_EVAL.json or eval.json in this run directory")
+        p = found[0]
+    return Reference(read_forget_truth_ratios(p), _log_auc(read_json(p)), str(p))
+
+
+def _run_tofu(model: Any, tok: Any, cfg: TofuConfig, store: RowStore, skip_generation: bool,
+              progress: bool | None) -> dict[str, list]:
+    """Run every TOFU task whose columns are missing; returns the samples per split."""
+    from mrdkit.progress import progress_bar
+
+    data = tofu.load_suite(cfg)
+    for task in tofu.TASKS:
+        if task == "generation" and skip_generation:
+            continue
+        for label, samples in data.items():
+            ids, cols = [s.id for s in samples], tofu.task_columns(label, task)
+            if not cols or store.has(label, ids, cols):
+                continue
+            with progress_bar(f"{task} {label}", len(samples), show=progress) as bar:
+                store.merge(label, ids, tofu.run_task(model, tok, task, label, samples, cfg, progress=bar))
+                bar(len(samples), len(samples))  # scoring passes report only at the end
+    return data
+
+
+def _tofu_metrics(store: RowStore, data: dict[str, list], ref: Reference | None, skip_generation: bool
+                  ) -> tuple[dict, list[str], dict]:
+    """Aggregates + derived metrics + the community document, all from the stored rows."""
+    rows = {label: [store.rows[(label, s.id)] for s in samples] for label, samples in data.items()}
+    metrics = tofu.aggregate(rows)
+    extra, notes = tofu.derived(metrics, rows, ref)
+    if skip_generation and "forget_Q_A_ROUGE" not in metrics:
+        notes.insert(0, "ROUGE omitted: generation skipped (--skip-generation)")
+    metrics.update(extra)
+    return metrics, notes, tofu.community(rows, data, metrics)
+
+
+def _simple_metrics(store: RowStore, data: dict[str, list], benchmark: str) -> dict[str, dict]:
+    """Accuracy (mcq) or corpus perplexity (ppl) from the stored rows."""
+    from mrdkit.evaluation.metrics import perplexity
+
+    (split, samples), = data.items()
+    rows = [store.rows[(split, s.id)] for s in samples]
+    if benchmark == "mcq":
+        value, name, hib = sum(bool(r["correct"]) for r in rows) / len(rows), "multiple_choice_accuracy", True
+    else:
+        value = perplexity([r["nll_sum"] for r in rows], [r["n_tokens"] for r in rows])
+        name, hib = "perplexity", False
+    return {name: {"value": value, "higher_is_better": hib, "n": len(rows)}}
+
+
+def _write_outputs(out: Path, result: EvalResult) -> None:
+    """``eval.json`` (forget truth ratios per sample: a retain log), community files, ``DONE.json``."""
+    from mrdkit.evaluation.community import write_community
+    from mrdkit.runs import atomic_write_json
+
+    metrics = {k: dict(v) for k, v in result.metrics.items()}
+    if "forget_truth_ratio" in metrics:
+        metrics["forget_truth_ratio"]["per_sample"] = {r["id"]: r["truth_ratio"] for r in result.rows
+                                                       if r["split"] == "forget" and "truth_ratio" in r}
+    atomic_write_json(out / "eval.json", {"metrics": metrics, "meta": result.meta})
+    if result.community is not None:
+        write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"] == "muse-news" else "TOFU")
+    atomic_write_json(out / "DONE.json", {"seconds": result.meta["seconds"]})
+
+
+def _run_simple(model: Any, tok: Any, benchmark: str, samples: list, store: RowStore, opts: dict) -> dict:
+    """MCQ accuracy or perplexity (one task); skipped when its rows exist."""
+    from mrdkit.evaluation import mcq
+
+    split = "mcq" if benchmark == "mcq" else "text"
+    col = "correct" if benchmark == "mcq" else "perplexity"
+    ids = [s.id for s in samples]
+    if not store.has(split, ids, [col]):
+        common = dict(batch_size=opts["batch_size"], max_length=opts["max_length"])
+        if benchmark == "mcq":
+            rows, _ = mcq.evaluate_mcq(model, tok, samples, fmt=opts["mcq_format"], norm=opts["mcq_norm"],
+                                       template=opts["template"], **common)
+        else:
+            rows, _ = mcq.evaluate_perplexity(model, tok, samples, **common)
+        store.merge(split, ids, {r["id"]: {k: v for k, v in r.items() if k not in ("id", "split")} for r in rows})
+    return {split: samples}
+
+
+def _load_data(data: Any, split: str | None, limit: int | None) -> list:
+    if data is None:
+        raise MrdkitError("benchmarks mcq and ppl need data (a file, 'tofu:<split>' or a list of samples)")
+    if isinstance(data, (str, Path)):
+        from mrdkit.data import load_samples
+
+        return load_samples(str(data), split=split, limit=limit)
+    return list(data)[:limit]
+
+
+def evaluate(
+    model: Any, tokenizer: Any = None, *, benchmark: str = "tofu", out_dir: str | Path | None = None,
+    forget_split: str = "forget10", data: Any = None, split: str | None = None, retain_model: Any = None,
+    retain_log: str | Path | None = None, template: str = "auto", batch_size: int = 16, max_length: int | None = None,
+    max_new_tokens: int = 200, skip_generation: bool = False, limit: int | None = None, overwrite: bool = False,
+    mcq_format: str = "letters", mcq_norm: str = "sum", tofu_source: str | None = None, dtype: str = "float32",
+    device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
+) -> EvalResult:
+    """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
+
+    Args:
+        model: a model spec (:func:`mrdkit.models.load_model`), a ``LoadedModel``, or a module with ``tokenizer``.
+        benchmark: ``tofu`` (full suite, community metric names), ``mcq`` (WMDP/MMLU accuracy), ``ppl`` or
+            ``muse-news`` (VerbMem, KnowMem, PrivLeak, perplexity; ``data`` = the MUSE-News folder, default the
+            local copy; ``max_length`` default: the model's position limit; ``max_prompt_tokens`` keeps the last N
+            prompt tokens; see :mod:`mrdkit.evaluation.muse`).
+        out_dir: run directory (None: nothing written, nothing skipped).
+        forget_split: TOFU ``forget01|05|10``. data / split: samples for ``mcq`` / ``ppl``.
+        retain_model: a retain model (spec, ``LoadedModel``) evaluated now as the forget-quality and privleak
+            reference; retain_log: or its log (``TOFU_EVAL.json``, ``eval.json``, TOFU ``eval_log_forget.json``).
+        template, batch_size, max_length, max_new_tokens: scoring / generation settings (TOFU: 200 new tokens;
+            max_length default 512). MUSE-News uses its own 128 / 32 new tokens.
+        skip_generation: skip greedy generation (ROUGE and model utility are then omitted, and noted in meta).
+        limit: first ``limit`` samples of each split. overwrite: recompute everything in ``out_dir``.
+        mcq_format / mcq_norm: ``letters|text`` prompts, ``sum|mean`` option log-probs.
+        tofu_source: TOFU folder or hub id. dtype / device: for models given as specs.
+        progress: show progress bars (None: on unless ``MRDKIT_PROGRESS=0``).
+
+    Returns:
+        :class:`EvalResult`.
+    """
+    if benchmark not in BENCHMARKS:
+        raise MrdkitError(f"unknown benchmark {benchmark!r} (known: {', '.join(BENCHMARKS)})")
+    start = time.time()
+    if max_length is None and benchmark != "muse-news":
+        max_length = 512
+    module, tok, spec = _resolve_model(model, tokenizer, dtype, device)
+    opts = dict(benchmark=benchmark, model=spec, forget_split=forget_split if benchmark == "tofu" else None,
+                data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
+                template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
+                mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
+                max_prompt_tokens=max_prompt_tokens)
+    out = None if out_dir is None else Path(out_dir)
+    store = _open_store(out, opts, overwrite)
+    cfg = TofuConfig(forget_split=forget_split, source=tofu_source, template=template, batch_size=batch_size,
+                     max_length=max_length, max_new_tokens=max_new_tokens, limit=limit)
+    if benchmark == "tofu":
+        cfg.split_names()  # fail on a bad split before any model pass
+        ref = _reference(retain_model, retain_log, cfg, dtype, device)
+        data_by_split = _run_tofu(module, tok, cfg, store, skip_generation, progress)
+        metrics, notes, community = _tofu_metrics(store, data_by_split, ref, skip_generation)
+    elif benchmark == "muse-news":
+        from mrdkit.evaluation.muse import run_from_options
+
+        data_by_split, metrics, notes, community, ref = run_from_options(module, tok, store, opts, retain_model,
+                                                                         retain_log, dtype, device, progress)
+    else:
+        data_by_split = _run_simple(module, tok, benchmark, _load_data(data, split, limit), store, opts)
+        metrics, notes, community, ref = _simple_metrics(store, data_by_split, benchmark), [], None, None
+    rows = [store.rows[(sp, s.id)] for sp, samples in data_by_split.items() for s in samples]
+    meta = {**{k: opts[k] for k in IDENTITY}, "notes": notes, "seconds": round(time.time() - start, 2),
+            "n": {sp: len(v) for sp, v in data_by_split.items()},
+            "reference": getattr(ref, "source", ref)}
+    result = EvalResult(metrics=metrics, rows=rows, meta=meta, community=community, out_dir=out)
+    if out is not None:
+        _write_outputs(out, result)
+    return result

@@ -1,0 +1,153 @@
+"""Unlearning-difficulty ground truth: determinism, bit-exact restore, resume, chunks; scores-vs-truth report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mrdkit.data import load_tofu
+from mrdkit.errors import MrdkitError
+from mrdkit.evaluation.difficulty import Snapshot, correlation_report, difficulty_table, required_updates
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from mrdkit.tiny import build_tiny_model
+
+    texts = [s.text for s in load_tofu("forget01")]
+    return build_tiny_model(texts, vocab_size=512, n_layer=1, d_model=32, n_head=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return load_tofu("forget01")[:4]
+
+
+# relative criterion: a random tiny model starts below any absolute threshold, so "log-prob x 1.3" gives counts
+GA = dict(lr=2e-2, relative=1.3, cap=40)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_counts_repeat_exactly_and_model_is_unchanged(lm, samples):
+    before = _state(lm.model)
+    first = required_updates(lm.model, lm.tokenizer, samples, **GA)
+    assert _same(before, _state(lm.model)) and not lm.model.training
+    second = required_updates(lm.model, lm.tokenizer, samples, **GA)
+    assert first == second
+    assert [r["id"] for r in first] == [s.id for s in samples]
+    for r in first:
+        assert 1 <= r["updates"] < 40 and not r["censored"] and r["steps"] == r["updates"]
+        assert r["final_logprob"] <= 1.3 * r["initial_logprob"]
+        assert r["initial_prob"] == pytest.approx(math.exp(r["initial_logprob"]))
+        assert r["l2_change"] > 0 and r["l1_change"] >= r["l2_change"]
+    # each sample starts from the start model: scoring one alone gives its row from the batch run
+    assert required_updates(lm.model, lm.tokenizer, samples[2:3], **GA)[0] == first[2]
+
+
+def test_threshold_zero_updates_and_censoring(lm, samples):
+    easy = required_updates(lm.model, lm.tokenizer, samples[:1], threshold=0.5, cap=5)[0]
+    assert easy["updates"] == 0 and not easy["censored"] and easy["l1_change"] == 0.0
+    assert easy["final_prob"] == easy["initial_prob"]
+    hard = required_updates(lm.model, lm.tokenizer, samples[:1], lr=1e-6, relative=3.0, cap=2, optimizer="sgd")[0]
+    assert hard["updates"] == 2 and hard["censored"]
+    arith = required_updates(lm.model, lm.tokenizer, samples[:1], threshold=0.5, cap=1, statistic="arithmetic")[0]
+    assert arith["initial_prob"] >= easy["initial_prob"]  # mean of p >= exp(mean log p) (AM-GM)
+
+
+def test_chunks_count_epochs(lm, samples):
+    rows = required_updates(lm.model, lm.tokenizer, samples, chunk_size=3, **GA)
+    assert [r["id"] for r in rows] == ["chunk:0", "chunk:1"]
+    assert rows[0]["ids"] == [s.id for s in samples[:3]] and rows[1]["ids"] == [samples[3].id]
+    mini = required_updates(lm.model, lm.tokenizer, samples[:3], chunk_size=3, batch_size=2, **GA)[0]
+    assert mini["steps"] == 2 * mini["updates"]
+
+
+def test_resume_after_interruption_gives_identical_rows(lm, samples, tmp_path):
+    path = tmp_path / "updates.jsonl"
+    full = required_updates(lm.model, lm.tokenizer, samples, **GA)
+    before = _state(lm.model)
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        required_updates(lm.model, lm.tokenizer, samples, checkpoint_path=path, checkpoint_every=100,
+                         progress=stop_after_two, **GA)
+    assert _same(before, _state(lm.model))  # restored even on an exception
+    assert len(path.read_text().splitlines()) == 2
+    resumed = required_updates(lm.model, lm.tokenizer, samples, checkpoint_path=path, resume=True, **GA)
+    assert resumed == full and len(path.read_text().splitlines()) == 4
+    with pytest.raises(MrdkitError, match="differs in: lr"):
+        required_updates(lm.model, lm.tokenizer, samples, checkpoint_path=path, resume=True, **{**GA, "lr": 1e-3})
+
+
+def test_settings_are_validated(lm, samples):
+    with pytest.raises(MrdkitError, match="unknown settings"):
+        required_updates(lm.model, lm.tokenizer, samples, learning_rate=1.0)
+    with pytest.raises(MrdkitError):
+        required_updates(lm.model, lm.tokenizer, samples, threshold=1.5)
+    with pytest.raises(MrdkitError, match="retain"):
+        required_updates(lm.model, lm.tokenizer, samples, method="graddiff")
+
+
+def test_graddiff_with_retain_is_deterministic(lm, samples):
+    retain = load_tofu("retain_perturbed")[:3]
+    kw = dict(method="graddiff", retain=retain, lr=1e-2, relative=1.2, cap=10)
+    assert required_updates(lm.model, lm.tokenizer, samples[:2], **kw) == \
+        required_updates(lm.model, lm.tokenizer, samples[:2], **kw)
+
+
+def test_snapshot_restores_bit_exactly(lm):
+    before = _state(lm.model)
+    with pytest.raises(RuntimeError):
+        with Snapshot(lm.model) as snap:
+            with torch.no_grad():
+                for p in lm.model.parameters():
+                    p.add_(0.1)
+            assert snap.change()[0] > 0
+            raise RuntimeError("boom")
+    assert _same(before, _state(lm.model))
+
+
+# ------------------------------------------------------------------------------------------- correlations
+
+
+SCORES = [{"id": f"s{i}", "mrd": float(10 - i), "loss": float(i % 3), "note": "x"} for i in range(8)]
+TRUTH = [{"id": f"s{i}", "updates": i + 1, "censored": i >= 6} for i in range(8)]
+
+
+def test_difficulty_table_joins_and_averages_chunks():
+    cols, score_cols = difficulty_table(SCORES, TRUTH)
+    assert score_cols == ["loss", "mrd"] and cols["event"][-1] is False and cols["updates"][0] == 1.0
+    chunks = [{"id": "chunk:0", "ids": ["s0", "s1"], "updates": 3}, {"id": "chunk:1", "ids": ["s2", "s3"], "updates": 4},
+              {"id": "chunk:2", "ids": ["s4", "s9"], "updates": 5}, {"id": "chunk:3", "ids": ["s6", "s7"], "updates": 6}]
+    cols, _ = difficulty_table(SCORES, chunks, score_cols=["mrd"])
+    assert cols["id"] == ["chunk:0", "chunk:1", "chunk:3"] and cols["mrd"] == [9.5, 7.5, 3.5]  # s9 has no score
+    with pytest.raises(MrdkitError, match="not found"):
+        difficulty_table(SCORES, TRUTH, score_cols=["nope"])
+    with pytest.raises(MrdkitError, match="in common"):
+        difficulty_table(SCORES, [{"id": "zz", "updates": 1}])
+
+
+def test_correlation_report_writes_table_and_plots(tmp_path):
+    scores, truth = tmp_path / "mrd.jsonl", tmp_path / "updates.jsonl"
+    scores.write_text("".join(json.dumps(r) + "\n" for r in SCORES))
+    truth.write_text("".join(json.dumps(r) + "\n" for r in TRUTH))
+    table = correlation_report(scores, truth, n_boot=50, out_dir=tmp_path / "out")
+    mrd = next(r for r in table if r["score"] == "mrd")
+    assert mrd["spearman"] == pytest.approx(-1.0) and mrd["harrell_c"] == 1.0 and mrd["n_censored"] == 2
+    saved = json.loads((tmp_path / "out" / "correlations.json").read_text())
+    assert saved["n"] == 8 and saved["n_censored"] == 2 and len(saved["rows"]) == 2
+    assert (tmp_path / "out" / "correlations.csv").read_text().startswith("score,spearman")
+    assert (tmp_path / "out" / "scatter_mrd.png").stat().st_size > 0 and (tmp_path / "out" / "scatter_loss.png").is_file()
