@@ -1,0 +1,1 @@
+"""The paper's experiments (registered), the report, and the demo."""

@@ -1,0 +1,49 @@
+"""Shared pieces of the experiments: the testbed model and data, MRD scoring with the bench defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from mrdkit.bench.experiments import BenchContext
+
+# MRD settings of the experiments. sigma follows the paper (1e-5); float64 weights because on the tiny testbed the
+# fp32 curvature part is only ~2x the rounding floor at this sigma (floor_check; paper-notes section 1).
+BENCH_SIGMA = 1e-5
+
+
+def target_model(ctx: BenchContext, which: str = "target", dtype: str | None = None):
+    """The testbed's target (or retain) model as a :class:`~mrdkit.models.LoadedModel` (default: bench dtype;
+    unlearning runs use float32)."""
+    from mrdkit.testbed import load_testbed
+
+    return load_testbed(ctx.tier, which, dtype=dtype or ctx.dtype, device="cpu" if ctx.options.get("cpu") else "auto")
+
+
+def splits(ctx: BenchContext) -> dict[str, list]:
+    """The testbed's data splits (forget, retain, perturbed variants, holdout, real authors, world facts)."""
+    from mrdkit.testbed import testbed_splits
+
+    return testbed_splits(ctx.tier)
+
+
+def validation_samples(ctx: BenchContext) -> list:
+    """Trained samples to validate MRD on: the forget set, plus (full runs) retain samples the target also
+    memorised, for a larger n. Quick runs take the first 12 forget samples."""
+    data = splits(ctx)
+    if ctx.options.get("demo"):
+        return data["forget"]
+    if ctx.quick:
+        return data["forget"][:12]
+    return data["forget"] + data["retain"][: int(ctx.options.get("extra_retain", 80))]
+
+
+def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settings: Any):
+    """``score_mrd`` into ``ctx.dir/name`` (resumable), with bench defaults."""
+    from mrdkit.scoring.mrd import MRDConfig, score_mrd
+
+    base = dict(draws=ctx.size(8, 64), sigma=BENCH_SIGMA, batch_size=16, diagnostics=False, checkpoint_every=4)
+    cfg = MRDConfig(**{**base, **settings})
+    out = Path(ctx.dir) / name
+    done = (out / "DONE.json").exists()
+    return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=out.exists() and not done, overwrite=done)

@@ -1,0 +1,80 @@
+"""Bench framework: quick experiments run on the shipped testbed; the report is built from the run files."""
+
+import json
+
+import pytest
+
+from mrdkit.bench.experiments import experiment_names, run_experiment
+from mrdkit.bench.report import render_report
+from mrdkit.errors import MrdkitError
+from mrdkit.runs import atomic_write_json
+
+SMALL_SAMPLERS = {"eval_limit": 6, "epochs": 1, "skip_generation": True, "seeds": 1}
+
+
+def _fake(bench, name, results, quick=True):
+    atomic_write_json(bench / name / "config.json", {"experiment": name, "quick": quick})
+    atomic_write_json(bench / name / "results.json", results)
+    atomic_write_json(bench / name / "DONE.json", {})
+
+
+def _validate_results(rho):
+    row = {"score": "mrd_antithetic", "spearman": rho, "spearman_ci_low": rho - 0.1, "spearman_ci_high": rho + 0.1,
+           "spearman_p": 0.01, "kendall": rho / 2, "harrell_c": 0.6, "n": 40}
+    return {"n_samples": 40, "chunk_size": 4, "truth": {"method": "ga", "lr": 5e-5, "threshold": 0.02, "cap": 60},
+            "censored": 0, "censored_chunks": 0, "n_chunks": 10, "median_updates": 14,
+            "resolved": {"paper": 3, "antithetic": 40}, "per_sample": [row], "chunked": [row], "wall_s": 1.0}
+
+
+def test_report_tables_come_from_run_files(tmp_path):
+    _fake(tmp_path, "validate", _validate_results(-0.4321))
+    report = render_report(tmp_path).read_text()
+    assert "-0.432" in report and "## validate (quick run" in report
+    assert "| MRD predicts required updates (per sample, antithetic estimator)" in report
+    # change the run file: the re-rendered report follows it
+    _fake(tmp_path, "validate", _validate_results(0.1234))
+    report = render_report(tmp_path).read_text()
+    assert "0.123" in report and "-0.432" not in report
+
+
+def test_unfinished_experiments_are_left_out(tmp_path):
+    (tmp_path / "validate").mkdir()
+    assert "## validate" not in render_report(tmp_path).read_text()
+
+
+def test_experiment_registry_has_paper_experiments():
+    assert {"validate", "samplers"} <= set(experiment_names())
+
+
+@pytest.fixture(scope="module")
+def validate_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return out, run_experiment("validate", out, quick=True, options={"truth_lr": 2e-4})
+
+
+def test_validate_quick(validate_quick):
+    out, results = validate_quick
+    scores = {r["score"] for r in results["per_sample"]}
+    assert {"mrd_paper", "mrd_antithetic", "loss", "grad_norm"} <= scores
+    assert results["n_samples"] == 12
+    rows = [json.loads(line) for line in (out / "validate" / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["mrd_antithetic"] > 0 for r in rows)
+    assert (out / "validate" / "per_sample" / "correlations.json").exists()
+
+
+def test_finished_experiment_is_skipped_and_config_change_refused(validate_quick):
+    out, results = validate_quick
+    again = run_experiment("validate", out, quick=True, options={"truth_lr": 2e-4})
+    assert again == results  # read back, not recomputed
+    (out / "validate" / "DONE.json").unlink()
+    with pytest.raises(MrdkitError, match="different config"):
+        run_experiment("validate", out, quick=True, options={"truth_lr": 1e-4})
+
+
+def test_samplers_quick(tmp_path):
+    results = run_experiment("samplers", tmp_path, quick=True, options=SMALL_SAMPLERS)
+    assert {(r["method"], r["sampler"]) for r in results["runs"]} == {("ga", "random"), ("ga", "cga")}
+    assert results["paired"][0]["sampler"] == "cga"
+    assert all(r["forget_Q_A_Prob"] is not None for r in results["runs"])
+    report = render_report(tmp_path).read_text()
+    assert "CGA improves unlearning completeness" in report
