@@ -78,3 +78,21 @@ def test_samplers_quick(tmp_path):
     assert all(r["forget_Q_A_Prob"] is not None for r in results["runs"])
     report = render_report(tmp_path).read_text()
     assert "CGA improves unlearning completeness" in report
+
+
+@pytest.mark.parametrize("name, options", [
+    ("characteristics", {"n": 6}),
+    ("sensitivity", {"n": 6, "k_max": 4}),
+    ("selection", {"n": 8, "size": 2}),
+])
+def test_other_experiments_quick(tmp_path, name, options):
+    results = run_experiment(name, tmp_path, quick=True, options=options)
+    report = render_report(tmp_path).read_text()
+    assert f"## {name} (quick run" in report
+    if name == "characteristics":
+        assert {r["feature"] for r in results["table"]} >= {"frequency", "author_association", "loss"}
+    if name == "sensitivity":
+        assert {r["estimator"] for r in results["rows"]} == {"paper", "antithetic"}
+        assert (tmp_path / name / "stability_vs_passes.png").exists()
+    if name == "selection":
+        assert {r["subset"] for r in results["rows"]} == {"easiest", "hardest", "random"}

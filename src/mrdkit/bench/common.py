@@ -34,7 +34,7 @@ def validation_samples(ctx: BenchContext) -> list:
     if ctx.options.get("demo"):
         return data["forget"]
     if ctx.quick:
-        return data["forget"][:12]
+        return data["forget"][: int(ctx.options.get("n", 12))]
     return data["forget"] + data["retain"][: int(ctx.options.get("extra_retain", 80))]
 
 
