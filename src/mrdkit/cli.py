@@ -125,7 +125,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except MrdkitError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        message = " ".join(str(exc).split())  # one line, even when a bad value or field name holds newlines
+        typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

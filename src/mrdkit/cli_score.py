@@ -84,7 +84,7 @@ def _print_sigma_check(loaded, samples, cfg) -> None:
     from mrdkit.scoring.engine import sigma_scaling_check
     from mrdkit.scoring.mrd import make_batches
 
-    batches = make_batches(samples, loaded.tokenizer, cfg)
+    batches = make_batches(samples, loaded.tokenizer, cfg, loaded.model)
     check = sigma_scaling_check(loaded.model, batches, cfg.sigma, min(cfg.draws, 16), seed=cfg.seed,
                                 param_pattern=cfg.param_pattern, scheme=cfg.scheme)
     verdict = "ok" if check["ok"] else "NOT ~4: the estimate is not the second-order (curvature) signal"

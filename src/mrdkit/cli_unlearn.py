@@ -6,6 +6,7 @@ Defaults and their sources: :mod:`mrdkit.unlearning.config` (paper-notes section
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -27,7 +28,7 @@ def _pairs(items: List[str], flag: str) -> dict[str, Any]:
             raise MrdkitError(f"{flag} {item!r} is not of the form key=value")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # PyYAML raises ValueError for e.g. "0x_"
             out[key.strip()] = raw
     return out
 
@@ -113,12 +114,11 @@ def unlearn_command(
     retain_limit: Optional[int] = typer.Option(None, help="use only the first N retain samples (retain99 has 3960)"),
     seed: Optional[int] = typer.Option(None, help="run seed of the sampler, retain pairing, dropout (default 0)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default auto)"),
+    trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     resume: bool = typer.Option(False, help="continue --out from its last checkpoint (same settings)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
 ) -> None:
     """Unlearn a forget set (GA, GradDiff, NPO, ...) with an MRD-guided sampler; writes model + logs to --out."""
-    from accelerate import PartialState
-
     from mrdkit.cli_common import load_model_for, print_table
     from mrdkit.progress import progress_bar
     from mrdkit.unlearning.loop import unlearn
@@ -129,10 +129,14 @@ def unlearn_command(
     _check_names(method, sampler, cfg)
     forget_set = _load(forget, forget_limit)
     retain_set = _load(retain, retain_limit) if retain else None
-    loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed)
+    loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed,
+                            trust_remote_code=trust_remote_code)
     meta = {"model": model, "forget_data": forget, "retain_data": retain, "forget_limit": forget_limit,
             "retain_limit": retain_limit}
-    main = PartialState().is_main_process  # under accelerate launch: one bar and one table, not one per process
+    # under accelerate launch / torchrun: one bar and one table, not one per process. Read from the launcher's env:
+    # creating accelerate's PartialState here would fix its device choice before unlearn() asks for cpu=True, and
+    # on a CPU machine every rank would then run alone (num_processes 1) and race on --out
+    main = os.environ.get("RANK", "0") == "0"
     with progress_bar(f"unlearn {method} / {sampler}", 1, show=None if main else False) as bar:
         result = unlearn(loaded.model, loaded.tokenizer, forget_set, retain_set, method=method, sampler=sampler,
                          scores=mrd, config=cfg, out_dir=out, resume=resume, overwrite=overwrite, progress=bar,

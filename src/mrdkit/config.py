@@ -26,7 +26,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _unknown_key(cls: type, key: str, where: str) -> MrdkitError:
     names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(key, names, n=2, cutoff=0.5)
+    close = difflib.get_close_matches(str(key), names, n=2, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return MrdkitError(f"unknown config key {key!r} in {where}{hint} (known: {', '.join(names)})")
 
@@ -40,11 +40,18 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def _nullable(tp: Any) -> bool:
+    """``Optional[...]`` (or untyped): None is a valid value."""
+    return tp is Any or (typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (from YAML or a ``key=value`` string) to the annotated type ``tp``."""
-    if value is None:
-        return None
     base = _strip_optional(tp)
+    if value is None or (isinstance(value, str) and base in (int, float) and value.strip().lower() in ("none", "null")):
+        if _nullable(tp):
+            return None
+        raise MrdkitError(f"config key {key!r} cannot be null: give a {getattr(base, '__name__', base)} value")
     if dataclasses.is_dataclass(base):
         if not isinstance(value, Mapping):
             raise MrdkitError(f"config key {key!r} must be a mapping, got {value!r}")
@@ -54,16 +61,29 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return _to_bool(value, key)
     try:
         if base in (int, float, str):
-            if isinstance(value, str) and base is not str and value.strip().lower() in ("none", "null"):
-                return None
+            if base is not str and not _plain_number(value, base):
+                raise ValueError(value)
             return base(value)
+        if origin in (dict, Mapping) and not isinstance(value, Mapping):
+            raise MrdkitError(f"config key {key!r} must be a mapping of key: value, got {value!r:.60}")
         if origin in (list, tuple, Sequence):
             (item_tp,) = typing.get_args(base)[:1] or (Any,)
             items = value.split(",") if isinstance(value, str) else list(value)
             return [coerce(v, item_tp, key) for v in items if v != ""]
+    except MrdkitError:
+        raise
     except (TypeError, ValueError):
         raise MrdkitError(f"config key {key!r}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
     return value
+
+
+def _plain_number(value: Any, base: type) -> bool:
+    """A number (not a bool, and for ``int`` a whole number) or a string; ``int(1.5)`` would silently give 1."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float) and base is int:
+        return value.is_integer()
+    return isinstance(value, (int, float, str))
 
 
 def _to_bool(value: Any, key: str) -> bool:
@@ -109,6 +129,8 @@ def _set_path(obj: Any, parts: list[str], raw: str, full: str) -> Any:
             raise MrdkitError(f"config key {full!r}: {head!r} has no sub-keys")
         return dataclasses.replace(obj, **{head: _set_path(child, rest, raw, full)})
     value = _parse_scalar(raw)
+    if _strip_optional(types_[head]) is str and value is not None and not isinstance(value, str):
+        value = raw  # a text field keeps the text as typed: "no" is not False, "1.10" is not 1.1
     return dataclasses.replace(obj, **{head: coerce(value, types_[head], full)})
 
 
@@ -117,7 +139,7 @@ def _parse_scalar(raw: str) -> Any:
 
     try:
         return yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # PyYAML raises ValueError for e.g. "0x_" (an int tag with no digits)
         return raw
 
 
@@ -129,11 +151,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MrdkitError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise MrdkitError(f"config file {path}{line}: invalid YAML") from None
+    except (ValueError, OSError) as exc:  # not UTF-8, unreadable, or a value PyYAML cannot build (e.g. 0x_)
+        raise MrdkitError(f"config file {path}: cannot read ({exc})") from None
     if not isinstance(data, dict):
         raise MrdkitError(f"config file {path}: expected a mapping at top level, got {type(data).__name__}")
     return data

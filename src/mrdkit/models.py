@@ -152,6 +152,24 @@ def finish_loading(model: Any, tokenizer: Any, spec: str, *, dtype: Any = "float
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, dtype=torch_dtype, device=dev)
 
 
+def context_length(model: Any) -> int | None:
+    """The model's position limit (``n_positions`` / ``max_position_embeddings``), or None when unknown."""
+    config = getattr(model, "config", None)
+    value = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def fit_max_length(model: Any, max_length: int) -> int:
+    """``max_length`` capped at the model's context.
+
+    A sequence longer than the position table would index past it (GPT-2: an IndexError deep in the forward), so
+    longer samples are cut to the context instead; :func:`mrdkit.data.encode_samples` warns with their count
+    ("N of M samples truncated to L tokens"). No warning here: most runs never reach the cap.
+    """
+    limit = context_length(model)
+    return max_length if limit is None else min(max_length, limit)
+
+
 def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode with ``requires_grad=False`` everywhere: the fixed reference model of NPO / KL.
 
@@ -281,6 +299,12 @@ def _load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: An
     except OSError as err:
         where = source if local else f"{spec!r} from the Hugging Face hub"
         raise MrdkitError(f"cannot load model {where}: {_first_line(err)}") from None
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) or isinstance(err, MrdkitError):
+            raise
+        raise MrdkitError(f"model {spec!r} ships its own Python code, which mrdkit does not run unless asked: pass "
+                          f"--trust-remote-code (Python: the trust_remote_code argument) only if you trust its "
+                          f"source") from None
     return finish_loading(model, tokenizer, spec, dtype=torch_dtype, device=device, for_mrd=for_mrd)
 
 

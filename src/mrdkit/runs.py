@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,22 @@ def provenance() -> dict[str, Any]:
     return info
 
 
+def sweep_temp_files(root: str | Path) -> list[Path]:
+    """Delete what atomic writers leave when killed mid-write under ``root``: temp files of :func:`atomic_path`
+    (``.<name>.<random>.tmp``) and temp folders (``.tmp-*``: checkpoints, the final model); returns them.
+
+    Call it when no writer is active (a run's end), never while another process may be writing into ``root``.
+    """
+    root = Path(root)
+    removed = [p for p in root.rglob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    folders = [p for p in root.rglob(".tmp-*") if p.is_dir() and not p.is_symlink()]
+    for path in folders:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed + folders
+
+
 def safe_join(root: str | Path, name: str) -> Path:
     """``root / name`` where ``name`` may not escape ``root`` (no absolute paths, no ``..``)."""
     root = Path(root).resolve()
@@ -192,6 +209,8 @@ class RunDir:
                 )
         elif stored.exists() and not overwrite and self.is_finished():
             raise MrdkitError(f"{self.path} already holds a finished run; use --resume, --overwrite or another --out")
+        if not resume:  # a new run: an earlier DONE.json must not vouch for outputs this run has not written yet
+            (self.path / "DONE.json").unlink(missing_ok=True)
         atomic_write_json(stored, self.config)
         atomic_write_json(self.path / "provenance.json", provenance())
 
@@ -215,8 +234,10 @@ class RunDir:
         return path
 
     def mark_finished(self, summary: Mapping[str, Any] | None = None) -> None:
-        """Write ``DONE.json``: the run completed (its outputs are final)."""
+        """Write ``DONE.json``: the run completed (its outputs are final); temp files a killed attempt left
+        behind are removed (every writer has finished by now)."""
         self.write_json("DONE.json", dict(summary or {}))
+        sweep_temp_files(self.path)
 
     def is_finished(self) -> bool:
         return (self.path / "DONE.json").exists()

@@ -1,26 +1,11 @@
 """The mrd CLI: fast help, registries, data inspect, and one-line errors with exit code 2 for bad input."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-
-
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MRDKIT_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "mrdkit", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+from helpers import assert_user_error, run_cli
 
 
 def test_help_does_not_import_torch():

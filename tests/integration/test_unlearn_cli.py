@@ -4,23 +4,15 @@ example runs as written, scores from an ``mrd.jsonl`` file and LoRA work, and ba
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "unlearning.md"
 SMALL = "tiny:d32-l1-h2-v512"  # the documented default tiny model works too; this one keeps the test fast
-
-
-def run_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MRDKIT_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "mrdkit", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 def documented_command() -> list[str]:

@@ -202,10 +202,9 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
         claims.append({"claim": "CGA improves unlearning completeness (lower forget probability)",
                        "paper": "+1.12% (avg)", "ours": f"forget P(a|q) {fmt(forget)}% relative (negative = better)",
                        "reproduced": "yes" if forget < 0 else "no"})
-    rand = [q for q in results["quartiles"] if q["sampler"] == "random" and q["Q1"] is not None]
+    rand = [q for q in results["quartiles"] if q["sampler"] == "random" and None not in (q["Q1"], q["Q4"])]
     if rand:
-        q1 = statistics.fmean(q["Q1"] for q in rand)
-        q4 = statistics.fmean(q["Q4"] for q in rand if q["Q4"] is not None)
+        q1, q4 = statistics.fmean(q["Q1"] for q in rand), statistics.fmean(q["Q4"] for q in rand)
         claims.append({"claim": "Low-MRD samples are harder: more of them survives the same unlearning budget",
                        "paper": "MRD = difficulty (qualitative)",
                        "ours": f"forget P(a|q) after random-order unlearning: lowest-MRD quartile {fmt(q1)} vs "

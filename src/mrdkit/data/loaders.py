@@ -33,6 +33,8 @@ def _read_jsonl(text: str, source: str) -> list[Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
             raise MrdkitError(f"{source}: malformed JSON on line {lineno}: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise MrdkitError(f"{source}: JSON on line {lineno} is nested too deeply") from None
     return records
 
 
@@ -44,6 +46,8 @@ def _read_json(text: str, source: str) -> list[Any]:
         if err.msg == "Extra data":  # a complete first value followed by more: JSON-lines
             return _read_jsonl(text, source)
         raise MrdkitError(f"{source}: malformed JSON on line {err.lineno}: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise MrdkitError(f"{source}: JSON nested too deeply") from None
     return data if isinstance(data, list) else [data]
 
 
@@ -53,6 +57,12 @@ def _read_csv(path: Path, source: str) -> list[Any]:
             return list(csv.DictReader(fh))
         except csv.Error as err:
             raise MrdkitError(f"{source}: malformed CSV: {err}") from None
+        except UnicodeDecodeError as err:
+            raise MrdkitError(_not_utf8(source, err)) from None
+
+
+def _not_utf8(source: str, err: UnicodeDecodeError) -> str:
+    return f"{source}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
 
 
 def _read_parquet(path: Path, source: str) -> list[Any]:
@@ -76,22 +86,35 @@ def read_records(path: str | Path, fmt: str | None = None) -> list[Any]:
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if path.is_dir():
         raise MrdkitError(f"{source}: is a folder, not a data file (a TOFU folder holds full.json)")
+    if path.is_symlink() and not path.exists():
+        raise MrdkitError(f"{source}: broken symbolic link (to {path.readlink()})")
     if not path.is_file():
         raise MrdkitError(f"{source}: no such file")
     if fmt not in FORMATS:
         raise MrdkitError(f"{source}: unknown format {fmt!r} (known: {', '.join(FORMATS)}); pass fmt=")
+    try:
+        records = _read_format(path, fmt, source)
+    except OSError as err:  # unreadable (permissions, I/O error): name the file, no traceback
+        raise MrdkitError(f"{source}: cannot read: {err.strerror or err}") from None
+    if not records:
+        raise MrdkitError(f"{source}: empty file (no records)")
+    return records
+
+
+def _read_format(path: Path, fmt: str, source: str) -> list[Any]:
     if fmt == "csv":
         records = _read_csv(path, source)
     elif fmt == "parquet":
         records = _read_parquet(path, source)
     else:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise MrdkitError(_not_utf8(source, err)) from None
         if fmt == "txt":
             records = [line for line in text.splitlines() if line.strip()]
         else:
             records = _read_json(text, source) if fmt == "json" and text.strip() else _read_jsonl(text, source)
-    if not records:
-        raise MrdkitError(f"{source}: empty file (no records)")
     return records
 
 

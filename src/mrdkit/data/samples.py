@@ -9,6 +9,7 @@ Ids are the join key of every per-sample table mrdkit writes, so they must be un
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -175,8 +176,8 @@ def _mcq_choice(record: Mapping[str, Any], fields: Fields, source: str, row: int
     if not all(isinstance(c, str) for c in choices):
         raise MrdkitError(f"{source}: field {fields.choices!r} in row {row} must be a list of strings")
     answer = record.get(fields.answer)
-    if isinstance(answer, str) and answer.strip().lstrip("-").isdigit() and answer not in choices:
-        answer = int(answer)  # CSV cells are strings
+    if isinstance(answer, str) and re.fullmatch(r"\s*-?[0-9]+\s*", answer) and answer not in choices:
+        answer = int(answer)  # CSV cells are strings (ASCII digits only: int() rejects "²" and "--1")
     if isinstance(answer, int) and not isinstance(answer, bool):
         if not 0 <= answer < len(choices):
             raise MrdkitError(f"{source}: answer index {answer} in row {row} is out of range for "

@@ -277,7 +277,7 @@ def score_mrd_distributed(module: torch.nn.Module, samples: Sequence[Any], token
     rank, world = init_distributed(model_device(module))
     run = on_rank0(lambda: m._open_run(out_dir, cfg, samples, resume, overwrite, world_size=world), rank, world,
                    share=False)
-    batches = m.make_batches(samples, tokenizer, cfg)
+    batches = m.make_batches(samples, tokenizer, cfg, module)
 
     def rank0_work(timing: dict[str, float]) -> tuple[Any, Any, dict[str, float]]:
         proxies = m._proxies(module, batches, samples, cfg, run, timing)

@@ -135,12 +135,17 @@ def _unwrap(model: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
     return model, tokenizer
 
 
-def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig) -> list[dict[str, Any]]:
-    """Encode samples with the run's template/token set and cut them into batches (input order kept)."""
-    from mrdkit.data import encode_samples, iter_batches, pad_id
+def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig, model: Any = None) -> list[dict[str, Any]]:
+    """Encode samples with the run's template/token set and cut them into batches (input order kept).
 
+    With ``model``, sequences are also cut to its context (:func:`mrdkit.models.fit_max_length`; a warning counts
+    the truncated samples) rather than indexing past its position table."""
+    from mrdkit.data import encode_samples, iter_batches, pad_id
+    from mrdkit.models import fit_max_length
+
+    max_length = cfg.max_length if model is None else fit_max_length(model, cfg.max_length)
     encoded = encode_samples(samples, tokenizer, template=cfg.template, token_set=cfg.token_set,
-                             max_length=cfg.max_length)
+                             max_length=max_length)
     return list(iter_batches(encoded, cfg.batch_size, pad_token_id=pad_id(tokenizer)))
 
 
@@ -178,7 +183,7 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
         return score_mrd_distributed(module, samples, tokenizer, cfg, out_dir=out_dir, resume=resume,
                                      overwrite=overwrite, progress=progress)
     run = _open_run(out_dir, cfg, samples, resume, overwrite)
-    batches = make_batches(samples, tokenizer, cfg)
+    batches = make_batches(samples, tokenizer, cfg, module)
     timing: dict[str, float] = {}
     proxies = _proxies(module, batches, samples, cfg, run, timing)
     diagnostics = _floor_diagnostics(module, batches, cfg)
@@ -215,7 +220,11 @@ def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, ove
 
     ids_digest = _digest("\n".join(s.id for s in samples))
     config = {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": ids_digest, **extra}
-    return RunDir(out_dir, config, resume=resume, overwrite=overwrite)
+    run = RunDir(out_dir, config, resume=resume, overwrite=overwrite)
+    if not resume:  # a fresh run must not pick up an earlier attempt's cached proxies or saved draws
+        for stale in [run.file("proxies.json"), *run.file("state").glob("*.safetensors")]:
+            stale.unlink(missing_ok=True)
+    return run
 
 
 def _digest(text: str) -> str:

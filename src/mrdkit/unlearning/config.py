@@ -119,6 +119,14 @@ class UnlearnConfig:
                     "eval_batch_size": self.eval_batch_size}
         for name, value in positive.items():
             _require(value > 0, f"{name} must be > 0, got {value}")
+        _require(math.isfinite(self.lr), f"lr must be finite, got {self.lr}")
+        _require(self.mrd_draws >= 1 and self.rescore_draws >= 1,
+                 f"mrd_draws and rescore_draws (MRD draws K) must be >= 1, got {self.mrd_draws}, {self.rescore_draws}")
+        _require(math.isfinite(self.mrd_sigma) and self.mrd_sigma > 0,
+                 f"mrd_sigma must be a finite positive number, got {self.mrd_sigma}")
+        from mrdkit.scoring.estimators import ESTIMATORS
+
+        ESTIMATORS.get(self.mrd_estimator)  # did-you-mean before any model loads
         for name in ("max_steps", "warmup_steps", "stop_check_every", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= (0 if name == "warmup_steps" else 1),

@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -30,8 +32,8 @@ import torch
 
 from mrdkit.data import Sample, check_unique_ids, load_idk
 from mrdkit.errors import MrdkitError
-from mrdkit.models import clone_frozen, resolve_device
-from mrdkit.runs import RunDir, atomic_write_jsonl, read_jsonl
+from mrdkit.models import clone_frozen, fit_max_length, resolve_device
+from mrdkit.runs import RunDir, atomic_write_jsonl
 from mrdkit.unlearning import feed as F
 from mrdkit.unlearning.checkpoint import latest_checkpoint, load_checkpoint
 from mrdkit.unlearning.config import LrSchedule, UnlearnConfig
@@ -86,6 +88,19 @@ def _check_inputs(forget, retain, method: UnlearnMethod, sampler, out_dir, resum
         SAMPLERS.get(sampler)  # did-you-mean before any heavy work
     if resume and out_dir is None:
         raise MrdkitError("resume=True needs out_dir (the run directory to resume)")
+    _warn_overlap(forget, retain)
+
+
+def _warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> None:
+    """Warn when forget samples are also retain samples (same id, or same prompt and answer): the retain term then
+    trains back what the forget term removes."""
+    if not retain:
+        return
+    ids, texts = {s.id for s in retain}, {(s.prompt, s.answer) for s in retain}
+    both = [s.id for s in forget if s.id in ids or (s.prompt, s.answer) in texts]
+    if both:
+        warnings.warn(f"{len(both)} of {len(forget)} forget samples are also in the retain set (same id or text), "
+                      f"e.g. {both[0]!r}: the retain term will train them back", UserWarning, stacklevel=3)
 
 
 def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
@@ -94,7 +109,32 @@ def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
 
     # RMU reads one layer's activations: parameters above it get no gradient, which DDP must be told about
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if method.needs_activations else []
-    return Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
+    acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
+    check_distributed_type(acc.distributed_type)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != world:  # each rank would train alone on the full stream and race on out_dir
+        raise MrdkitError(f"launched as {world} processes but accelerate runs {acc.num_processes}: its state was "
+                          f"set up before unlearn() with another device choice (e.g. PartialState() without cpu=True "
+                          f"on a CPU run); let unlearn() create it")
+    return acc
+
+
+SHARDED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
+
+
+def check_distributed_type(kind: Any) -> None:
+    """Refuse accelerate modes that shard parameters (DeepSpeed ZeRO, FSDP, Megatron-LM).
+
+    The loop saves ``trainable_parameters`` and the AdamW state straight to safetensors, clips with a global norm
+    over the local parameters and writes ``model/`` with ``save_pretrained``: under sharding each process holds
+    only a slice, so checkpoints and the final model would be incomplete (docs/robustness.md). DDP (MULTI_GPU,
+    MULTI_CPU) keeps a full replica per process and is supported.
+    """
+    name = getattr(kind, "name", None) or str(kind).rsplit(".", 1)[-1]
+    if name.upper() in SHARDED:
+        raise MrdkitError(f"mrd unlearn runs data-parallel (DDP) only; accelerate is configured for {name}, whose "
+                          f"sharded parameters its checkpoints and final save cannot hold: launch with "
+                          f"--multi_gpu (DDP), or see docs/robustness.md for DeepSpeed / FSDP")
 
 
 def _optimizer(params: Mapping[str, torch.nn.Parameter], cfg: UnlearnConfig) -> torch.optim.AdamW:
@@ -142,10 +182,26 @@ def _resume(r: RunState, ckpt: Path, raw_optimizer) -> tuple[int, int, int]:
     state = load_checkpoint(ckpt, params=r.params, optimizer=raw_optimizer, scheduler=r.scheduler)
     r.stop = tuple(state["stop"]) if state.get("stop") else None
     log = r.run_dir.file(LOG)
-    r.history = [row for row in (read_jsonl(log) if log.is_file() else []) if row["step"] <= state["step"]]
+    r.history = [row for row in _read_log(log) if row["step"] <= state["step"]]
     if r.acc.is_main_process:
         atomic_write_jsonl(log, r.history)  # drop rows a killed run wrote after its last checkpoint
     return state["step"], state["epoch"], state["step_in_epoch"]
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The train log's rows; a torn LAST line (the process died inside its append) is dropped, any other
+    malformed line is an error naming it."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno < len(lines):
+                raise MrdkitError(f"{path} line {lineno}: invalid JSON; the train log is damaged") from None
+    return rows
 
 
 def _train(r: RunState, step: int, epoch: int, in_epoch: int) -> None:
@@ -264,6 +320,8 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
     t0 = time.perf_counter()
     cfg = config or UnlearnConfig()
     cfg.check()
+    if fit_max_length(model, cfg.max_length) < cfg.max_length:  # cut at the context, not past the position table
+        cfg = dataclasses.replace(cfg, max_length=fit_max_length(model, cfg.max_length))
     meth = _method(method, cfg)
     _check_inputs(forget, retain, meth, sampler, out_dir, resume, idk)
     r, ckpt, optimizer, info = _build(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg,

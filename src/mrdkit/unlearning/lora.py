@@ -8,6 +8,9 @@ TOFU's unlearning runs offer the same choice (``LoRA.r: 0`` = full fine-tuning, 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +69,25 @@ def save_final_model(model: torch.nn.Module, tokenizer: Any, path: Path, *, merg
     Full fine-tuning: ``save_pretrained`` (transformers 5 always writes safetensors), loadable with
     :func:`mrdkit.models.load_model`. LoRA: the adapter alone (``adapter_model.safetensors``, peft's safe
     serialisation), or with ``merge`` the merged full model (``merge_and_unload``; the base weights change).
+    The folder is written under a temporary name beside ``path`` and renamed into place, so a killed process
+    never leaves a half-written ``model/`` (an older complete one, or none, until the resumed run saves again).
     """
-    path.mkdir(parents=True, exist_ok=True)
     if is_peft(model) and merge:
         model = model.merge_and_unload()
-    if is_peft(model):
-        model.save_pretrained(str(path), safe_serialization=True)
-    else:
-        model.save_pretrained(str(path))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        if is_peft(model):
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        else:
+            model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder is an ordinary output
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return model

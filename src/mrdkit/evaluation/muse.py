@@ -1,0 +1,298 @@
+"""MUSE metrics: VerbMem, KnowMem, PrivLeak and held-out perplexity (Shi et al. 2024, arXiv:2407.06460).
+
+Definitions as the MUSE reference code implements them (``shared/data/muse-news/README.md``). Greedy decoding;
+ROUGE-L F1 is :func:`mrdkit.evaluation.metrics.rouge_l_f1` (``use_stemmer=False``, reference first):
+
+- **VerbMem** (C1): prompt ids = ``tokenizer(prompt)`` (BOS where the tokenizer adds one), at most 128 new tokens;
+  reference = ``gt`` tokenized the same way, cut to its first 128 tokens (BOS counts) and decoded;
+  ``VerbMem = 100 * mean_i ROUGE-L-F1(continuation_i, reference_i)``.
+- **KnowMem** (C2 on forget QA, C4 utility on retain QA): prompt = ``sum_j "Question: {q_j}\\nAnswer: {a_j}\\n\\n"``
+  over the 10 ICL pairs + ``"Question: {q}\\nAnswer: "``; at most 32 new tokens, cut at the first ``"\\n\\n"``,
+  ``"\\nQuestion"`` or ``"Question:"``; ``KnowMem = 100 * mean_i ROUGE-L-F1(answer_i, a_i)``.
+- **PrivLeak** (C3): per window x (start token + text, no EOS), Min-40% membership score
+  ``m(x) = (1/k) sum of the k = floor(0.4 n) lowest token log-probs`` (:func:`mrdkit.membership.min_k_logprob`;
+  MUSE's ``s(x) = -m(x)``); ``AUC`` = ROC-AUC with forget labelled 0 and holdout 1 (:func:`metrics.muse_auc`);
+  ``PrivLeak = (AUC - AUC_retrain) / AUC_retrain * 100`` with ``AUC_retrain`` from a retain model, else MUSE-News's
+  constant 0.4772.
+- **Perplexity** of the held-out windows: ``exp(sum NLL / sum n)`` over the same scoring pass.
+
+Small models: a prompt longer than ``max_prompt_tokens`` (or than the position limit minus the new tokens) keeps
+its LAST tokens (after the BOS, if any); windows longer than ``max_length`` (default: the position limit) are cut on
+the right. Rows record ``prompt_tokens`` / ``prompt_cut`` / ``truncated`` so every output says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mrdkit.data import Sample, encode_samples, pad_id, read_records, records_to_samples
+from mrdkit.errors import MrdkitError
+from mrdkit.evaluation.answers import score_encoded
+from mrdkit.evaluation.generation import _generate_batch, max_positions, prompt_ids
+from mrdkit.evaluation.metrics import muse_auc, perplexity, rouge_l_f1
+from mrdkit.membership import min_k_logprob
+
+VERBMEM_NEW_TOKENS, KNOWMEM_NEW_TOKENS, MIN_K = 128, 32, 0.4
+AUC_RETRAIN_NEWS = 0.4772  # MUSE constants.py, AUC_RETRAIN['news']['forget_holdout_Min-40%']
+KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
+# label -> (file, ICL file) under the MUSE-News folder
+FILES = {"verbmem_forget": ("verbmem/forget.json", None),
+         "knowmem_forget": ("knowmem/forget_qa.json", "knowmem/forget_qa_icl.json"),
+         "knowmem_retain": ("knowmem/retain2_qa.json", "knowmem/retain2_qa_icl.json"),
+         "privleak_forget": ("privleak/forget.json", None), "privleak_holdout": ("privleak/holdout.json", None)}
+COLUMNS = {"verbmem": ["rougeL_f1"], "knowmem": ["rougeL_f1"], "privleak": ["min_k", "nll_sum"]}
+
+
+@dataclass
+class MuseConfig:
+    """What the MUSE suite reads and how (``limit``: first N items per file; ``batch_size``: per pass)."""
+
+    data_dir: Optional[str] = None
+    limit: Optional[int] = None
+    max_prompt_tokens: Optional[int] = None
+    max_length: Optional[int] = None
+    batch_size: int = 8
+    auc_retrain: float = AUC_RETRAIN_NEWS
+
+    def folder(self) -> Path:
+        from mrdkit.paths import muse_dir
+
+        return Path(self.data_dir) if self.data_dir else muse_dir()
+
+
+def load_split(label: str, cfg: MuseConfig, *, icl: bool = False) -> list[Sample]:
+    """Samples of one MUSE file (ids ``muse_<label>:<row>``), or its ICL examples (all 10, never limited)."""
+    if label not in FILES:
+        raise MrdkitError(f"unknown MUSE split {label!r} (known: {', '.join(FILES)})")
+    name = FILES[label][1 if icl else 0]
+    path = cfg.folder() / name
+    if not path.is_file():
+        raise MrdkitError(f"{path}: no such file (MUSE-News folder {cfg.folder()}; set --data or MRDKIT_DATA_DIR)")
+    keys = {"question_key": "prompt", "answer_key": "gt"} if label.startswith("verbmem") else {}
+    samples = records_to_samples(read_records(path, fmt="json"), str(path), id_prefix=f"muse_{label}", **keys)
+    return samples if icl else samples[:cfg.limit]
+
+
+
+def knowmem_prompt(icl: Sequence[tuple[str, str]], question: str) -> str:
+    """MUSE's few-shot prompt: the ICL pairs as ``Question: q\\nAnswer: a\\n\\n``, then the question."""
+    prefix = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in icl)
+    return prefix + f"Question: {question}\nAnswer: "
+
+
+def cut_answer(text: str) -> str:
+    """A KnowMem generation cut at the first ``"\\n\\n"``, ``"\\nQuestion"`` or ``"Question:"``, stripped."""
+    cut = min([i for i in (text.find(s) for s in KNOWMEM_STOPS) if i >= 0], default=len(text))
+    return text[:cut].strip()
+
+
+def verbmem_reference(gt: str, tokenizer: Any, n: int = VERBMEM_NEW_TOKENS) -> str:
+    """``gt`` cut to its first ``n`` tokens as MUSE tokenizes it (special tokens such as BOS count), decoded."""
+    ids = list(tokenizer(gt, add_special_tokens=True)["input_ids"])[:n]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def clip_prompt(row: Sequence[int], keep: Optional[int], bos: Optional[int]) -> list[int]:
+    """The last ``keep`` tokens of a prompt; a leading BOS stays first (and counts)."""
+    row = list(row)
+    if keep is None or len(row) <= keep:
+        return row
+    if bos is not None and row[:1] == [bos]:
+        return [bos] + row[len(row) - keep + 1:]
+    return row[len(row) - keep:]
+
+
+
+def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], max_new_tokens: int,
+                  batch_size: int = 8) -> list[str]:
+    """Greedy continuations of prompt id rows (:mod:`mrdkit.evaluation.generation`), decoded as MUSE does."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    out: dict[int, str] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            new = _generate_batch(model, tokenizer, [list(rows[i]) for i in chunk], max_new_tokens)
+            for i, toks in zip(chunk, new):
+                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return [out[i] for i in range(len(rows))]
+
+
+def _prompts(model: Any, tokenizer: Any, samples: Sequence[Sample], new_tokens: int,
+             max_prompt_tokens: Optional[int]) -> tuple[list[list[int]], list[int]]:
+    """Prompt rows clipped to ``max_prompt_tokens`` and to the position limit minus ``new_tokens``; full lengths."""
+    rows = prompt_ids(samples, tokenizer, template="raw")
+    limit = max_positions(model)
+    caps = [c for c in (max_prompt_tokens, None if limit is None else limit - new_tokens) if c is not None]
+    keep = min(caps) if caps else None
+    if keep is not None and keep < 1:
+        raise MrdkitError(f"no room for a prompt: position limit {limit}, {new_tokens} new tokens")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [clip_prompt(r, keep, bos) for r in rows], [len(r) for r in rows]
+
+
+def _rouge_rows(samples, rows, full, gens, refs) -> dict[str, dict[str, Any]]:
+    return {s.id: {"generation": g, "reference": ref, "rougeL_f1": rouge_l_f1(g, ref), "prompt_tokens": len(r),
+                   "prompt_cut": len(r) < n} for s, r, n, g, ref in zip(samples, rows, full, gens, refs)}
+
+
+def verbmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], *, max_new_tokens: int = VERBMEM_NEW_TOKENS,
+                 max_prompt_tokens: Optional[int] = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
+    """Per item: continuation of ``sample.prompt``, truncated ``sample.answer`` (gt) and their ROUGE-L F1."""
+    rows, full = _prompts(model, tokenizer, samples, max_new_tokens, max_prompt_tokens)
+    gens = generate_rows(model, tokenizer, rows, max_new_tokens, batch_size)
+    refs = [verbmem_reference(s.answer, tokenizer, max_new_tokens) for s in samples]
+    return _rouge_rows(samples, rows, full, gens, refs)
+
+
+def knowmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], icl: Sequence[Sample], *,
+                 max_new_tokens: int = KNOWMEM_NEW_TOKENS, max_prompt_tokens: Optional[int] = None,
+                 batch_size: int = 8) -> dict[str, dict[str, Any]]:
+    """Per question: the cut few-shot answer and its ROUGE-L F1 against the true answer."""
+    pairs = [(e.prompt, e.answer) for e in icl]
+    prompted = [s.replace(prompt=knowmem_prompt(pairs, s.prompt)) for s in samples]
+    rows, full = _prompts(model, tokenizer, prompted, max_new_tokens, max_prompt_tokens)
+    gens = [cut_answer(g) for g in generate_rows(model, tokenizer, rows, max_new_tokens, batch_size)]
+    return _rouge_rows(samples, rows, full, gens, [s.answer for s in samples])
+
+
+def membership_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], *, k: float = MIN_K,
+                    max_length: Optional[int] = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
+    """Per text: Min-k% membership score (higher = member), summed NLL and token count (start token, no EOS)."""
+    length = max_length or max_positions(model) or 10**9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation is recorded per row instead
+        encoded = encode_samples([s.replace(kind="text", prompt="", answer=s.text) for s in samples], tokenizer,
+                                 token_set="all", max_length=length, add_eos=False)
+    scores = score_encoded(model, encoded, pad_id(tokenizer), batch_size)
+    return {e.id: {"min_k": min_k_logprob(torch.tensor(sc.token_logprobs, dtype=torch.float64), k),
+                   "nll_sum": -sc.sum_logprob, "n_tokens": sc.n_tokens, "truncated": e.truncated}
+            for e, sc in zip(encoded, scores)}
+
+
+
+def privleak_auc(rows: dict[str, dict[str, dict[str, Any]]]) -> float:
+    """MUSE ``forget_holdout_Min-40%`` AUC from the privleak rows (forget = 0, holdout = 1)."""
+    return muse_auc([r["min_k"] for r in rows["privleak_forget"].values()],
+                    [r["min_k"] for r in rows["privleak_holdout"].values()])
+
+
+def aggregate(rows: dict[str, dict[str, dict[str, Any]]], auc_retrain: float) -> dict[str, dict[str, Any]]:
+    """eval.json metrics (VerbMem / KnowMem on MUSE's 0-100 scale, as in its tables) from per-sample rows."""
+    def entry(value: float, hib: Optional[bool], n: int) -> dict[str, Any]:
+        return {"value": value, "higher_is_better": hib, "n": n}
+
+    out = {}
+    for label in ("verbmem_forget", "knowmem_forget", "knowmem_retain"):
+        vals = [r["rougeL_f1"] for r in rows[label].values()]
+        out[label] = entry(100.0 * sum(vals) / len(vals), True if label.endswith("retain") else None, len(vals))
+    auc = privleak_auc(rows)
+    n_pl = len(rows["privleak_forget"]) + len(rows["privleak_holdout"])
+    out["auc_forget_holdout"] = entry(auc, None, n_pl)
+    out["privleak"] = entry((auc - auc_retrain) / auc_retrain * 100.0 if auc_retrain else float("nan"), None, n_pl)
+    for split in ("holdout", "forget"):
+        r = list(rows[f"privleak_{split}"].values())
+        out[f"perplexity_{split}"] = entry(perplexity([x["nll_sum"] for x in r], [x["n_tokens"] for x in r]),
+                                           False if split == "holdout" else None, len(r))
+    return out
+
+
+def notes(rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One line per split whose prompts were clipped or whose windows were cut."""
+    out = []
+    for label, by_id in rows.items():
+        cut = [r for r in by_id.values() if r.get("prompt_cut") or r.get("truncated")]
+        if cut and label.startswith("privleak"):
+            out.append(f"{label}: {len(cut)} of {len(by_id)} windows cut to their first "
+                       f"{max(r['n_tokens'] for r in cut)} scored tokens (position limit / --max-length)")
+        elif cut:
+            out.append(f"{label}: {len(cut)} of {len(by_id)} prompts clipped to their last "
+                       f"{max(r['prompt_tokens'] for r in cut)} tokens (position limit / --max-prompt-tokens)")
+    return out
+
+
+def community(rows: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``MUSE_EVAL.json`` in open-unlearning's shape (ROUGE on a 0-1 scale, ``rougeL_f1`` per index)."""
+    from mrdkit.evaluation.community import to_community
+
+    names = {"verbmem_forget": "forget_verbmem_ROUGE", "knowmem_forget": "forget_knowmem_ROUGE",
+             "knowmem_retain": "retain_knowmem_ROUGE"}
+    per = {names[k]: {sid: {"rougeL_f1": r["rougeL_f1"], "generation": r["generation"]}
+                      for sid, r in rows[k].items()} for k in names}
+    aggs = {names[k]: metrics[k]["value"] / 100.0 for k in names}
+    aggs.update(privleak=metrics["privleak"]["value"], mia_min_k=1.0 - metrics["auc_forget_holdout"]["value"])
+    index_of = {sid: int(sid.rsplit(":", 1)[1]) for by_id in rows.values() for sid in by_id}
+    return to_community(per, aggs, index_of)
+
+
+def run_task(model: Any, tokenizer: Any, label: str, samples: Sequence[Sample], cfg: MuseConfig) -> dict:
+    """Per-sample rows of one split (the model pass the runner skips when its rows exist)."""
+    common = {"batch_size": cfg.batch_size}
+    if label.startswith("verbmem"):
+        return verbmem_rows(model, tokenizer, samples, max_prompt_tokens=cfg.max_prompt_tokens, **common)
+    if label.startswith("knowmem"):
+        return knowmem_rows(model, tokenizer, samples, load_split(label, cfg, icl=True),
+                            max_prompt_tokens=cfg.max_prompt_tokens, **common)
+    return membership_rows(model, tokenizer, samples, max_length=cfg.max_length, **common)
+
+
+def retain_reference(retain: Any, cfg: MuseConfig) -> tuple[float, str]:
+    """``(AUC_retrain, source)``: from a retain ``(model, tokenizer, spec)`` (its forget-vs-holdout Min-40% AUC), a
+    retain log (an ``eval.json`` or run directory of this suite), else MUSE-News's constant."""
+    if retain is None:
+        return cfg.auc_retrain, f"MUSE-News AUC_retrain constant {cfg.auc_retrain}"
+    if isinstance(retain, (str, Path)):
+        from mrdkit.runs import read_json
+
+        path = Path(retain) / "eval.json" if Path(retain).is_dir() else Path(retain)
+        entry = read_json(path).get("metrics", {}).get("auc_forget_holdout")
+        if not entry:
+            raise MrdkitError(f"{path}: no 'auc_forget_holdout' metric (not a muse-news eval.json)")
+        return float(entry["value"]), f"retain log {path}"
+    model, tok, spec = retain
+    rows = {lab: membership_rows(model, tok, load_split(lab, cfg), max_length=cfg.max_length,
+                                 batch_size=cfg.batch_size) for lab in ("privleak_forget", "privleak_holdout")}
+    return privleak_auc(rows), f"retain model {spec or '(in memory)'}"
+
+
+def run_muse(model: Any, tokenizer: Any, store: Any, cfg: MuseConfig, *, retain: Any = None,
+             progress: Optional[bool] = None) -> tuple:
+    """Run every split whose rows are missing from ``store`` (a runner ``RowStore``), then return ``(samples by
+    split, metrics, notes, community doc, reference source)``; ``retain`` as in :func:`retain_reference`."""
+    from mrdkit.progress import progress_bar
+
+    data = {label: load_split(label, cfg) for label in FILES}
+    for label, samples in data.items():
+        ids = [s.id for s in samples]
+        if not store.has(label, ids, COLUMNS[label.split("_")[0]]):
+            with progress_bar(f"muse {label}", len(samples), show=progress) as update:
+                store.merge(label, ids, run_task(model, tokenizer, label, samples, cfg))
+                update(len(samples), len(samples))
+    rows = {label: {s.id: store.rows[(label, s.id)] for s in samples} for label, samples in data.items()}
+    auc_retrain, source = retain_reference(retain, cfg)
+    metrics = aggregate(rows, auc_retrain)
+    metrics["privleak"]["auc_retrain"] = auc_retrain
+    return data, metrics, notes(rows), community(rows, metrics), source
+
+
+def run_from_options(model: Any, tok: Any, store: Any, opts: dict, retain_model: Any, retain_log: Any,
+                     dtype: str, device: str, progress: Optional[bool]) -> tuple:
+    """:func:`run_muse` with :func:`mrdkit.evaluation.runner.evaluate`'s options (``data`` = the folder)."""
+    from mrdkit.evaluation.runner import _resolve_model
+
+    if retain_model is not None and retain_log is not None:
+        raise MrdkitError("give either a retain model or a retain log, not both")
+    cfg = MuseConfig(data_dir=opts["data"], limit=opts["limit"], max_prompt_tokens=opts["max_prompt_tokens"],
+                     max_length=opts["max_length"], batch_size=opts["batch_size"])
+    retain = retain_log
+    if retain_model is not None:
+        retain = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device)
+    return run_muse(model, tok, store, cfg, retain=retain, progress=progress)
