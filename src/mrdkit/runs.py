@@ -100,20 +100,27 @@ def read_json(path: str | Path) -> Any:
         raise MrdkitError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a malformed line raises an error naming its 1-based line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise MrdkitError(f"{path} does not exist")
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+def parse_jsonl(text: str, source: str) -> list[Any]:
+    """Parse JSON-lines ``text``; a malformed line raises a one-line error naming ``source`` and its line number."""
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise MrdkitError(f"{path} line {lineno}: invalid JSON ({exc.msg})") from None
-    return rows
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise MrdkitError(f"{source}: malformed JSON on line {lineno}: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise MrdkitError(f"{source}: JSON on line {lineno} is nested too deeply") from None
+    return records
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file (see :func:`parse_jsonl` for the error on a malformed line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MrdkitError(f"{path} does not exist")
+    return parse_jsonl(path.read_text(), str(path))
 
 
 def git_sha() -> str | None:

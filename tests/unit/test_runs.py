@@ -26,7 +26,7 @@ def test_nan_written_as_null(tmp_path):
 def test_read_jsonl_reports_line(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n\n{"a": \n')
-    with pytest.raises(MrdkitError, match=r"line 3: invalid JSON"):
+    with pytest.raises(MrdkitError, match=r"malformed JSON on line 3"):
         read_jsonl(path)
 
 

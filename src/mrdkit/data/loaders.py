@@ -25,17 +25,9 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def _read_jsonl(text: str, source: str) -> list[Any]:
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise MrdkitError(f"{source}: malformed JSON on line {lineno}: {err.msg} (column {err.colno})") from None
-        except RecursionError:
-            raise MrdkitError(f"{source}: JSON on line {lineno} is nested too deeply") from None
-    return records
+    from mrdkit.runs import parse_jsonl
+
+    return parse_jsonl(text, source)
 
 
 def _read_json(text: str, source: str) -> list[Any]:

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.perturb import Perturber, _check_dtype, add_noise, select_parameters
+from mrdkit.scoring.perturb import PerturbedParams, Perturber, _check_dtype, add_noise, select_parameters
 from mrdkit.seeding import make_generator
 
 PERTURB_MODES = ("copy", "lowmem")
@@ -73,7 +73,7 @@ def _nbytes(params: NamedParams) -> int:
     return sum(p.numel() * p.element_size() for _, p in params)
 
 
-class LowMemPerturber:
+class LowMemPerturber(PerturbedParams):
     """Drop-in for :class:`~mrdkit.scoring.perturb.Perturber` that clones one module's weights at a time.
 
     ``apply(k, sign)`` arms the hooks for draw k (and perturbs shared parameters at once); every forward pass
@@ -116,16 +116,6 @@ class LowMemPerturber:
         for i, (module, _) in enumerate(self.groups):
             self._hooks.append(module.register_forward_pre_hook(self._pre_hook(i)))
             self._hooks.append(module.register_forward_hook(self._post_hook(i), always_call=True))
-
-    @property
-    def names(self) -> list[str]:
-        """Names of the perturbed parameters (as :attr:`Perturber.names`)."""
-        return [n for n, _ in self.params]
-
-    @property
-    def n_elements(self) -> int:
-        """Total number of perturbed scalars (the dimension d of delta)."""
-        return sum(p.numel() for _, p in self.params)
 
     def _noise(self, name: str, p: torch.Tensor, draw: int) -> torch.Tensor:
         """``z ~ N(0, I)`` shaped like ``p``, from the same generator and buffer layout as :class:`Perturber`."""

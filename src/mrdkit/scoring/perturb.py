@@ -79,7 +79,23 @@ def add_noise(p: torch.Tensor, clone: torch.Tensor, z: torch.Tensor, scale: floa
     p.add_(z.mul_(scale))
 
 
-class Perturber:
+class PerturbedParams:
+    """What every perturber exposes about its ``params`` list of (name, parameter)."""
+
+    params: list
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the perturbed parameters, in the order they are stored."""
+        return [n for n, _ in self.params]
+
+    @property
+    def n_elements(self) -> int:
+        """Total number of perturbed scalars (the dimension d of delta)."""
+        return sum(p.numel() for _, p in self.params)
+
+
+class Perturber(PerturbedParams):
     """Applies draw k of the MRD noise to a set of parameters and restores them bit-exactly.
 
     ``apply(k, sign)`` sets ``theta = theta_0 + sign * sigma * z_k`` (or ``theta_0 + sign * sigma * |theta_0| * z_k``
@@ -115,16 +131,6 @@ class Perturber:
             self._sizes[key] = max(self._sizes.get(key, 0), p.numel())
         self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._dirty = False
-
-    @property
-    def names(self) -> list[str]:
-        """Names of the perturbed parameters, in the order they are stored."""
-        return [n for n, _ in self.params]
-
-    @property
-    def n_elements(self) -> int:
-        """Total number of perturbed scalars (the dimension d of delta)."""
-        return sum(p.numel() for _, p in self.params)
 
     def _noise_buffer(self, p: torch.Tensor) -> torch.Tensor:
         """A view of a reusable flat buffer shaped like ``p``: one param-sized buffer per (device, dtype)."""
