@@ -151,3 +151,22 @@ def test_correlation_report_writes_table_and_plots(tmp_path):
     assert saved["n"] == 8 and saved["n_censored"] == 2 and len(saved["rows"]) == 2
     assert (tmp_path / "out" / "correlations.csv").read_text().startswith("score,spearman")
     assert (tmp_path / "out" / "scatter_mrd.png").stat().st_size > 0 and (tmp_path / "out" / "scatter_loss.png").is_file()
+
+
+def test_samples_longer_than_the_context_are_cut_not_crashing():
+    """A 32-position model and a long answer: the runner truncates (with the encoder's warning) instead of an
+    IndexError deep in the forward; the answer scorer does the same."""
+    import warnings
+
+    from mrdkit.data import Sample
+    from mrdkit.evaluation.answers import answer_logprobs
+    from mrdkit.evaluation.difficulty import required_updates
+    from mrdkit.tiny import build_tiny_model
+
+    long = Sample("long", "Question: tell me everything?", " word" * 200)
+    lm = build_tiny_model([long.text], vocab_size=300, n_layer=1, d_model=32, n_head=2, max_position=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = required_updates(lm.model, lm.tokenizer, [long], cap=2, lr=1e-3)
+        scores = answer_logprobs(lm.model, lm.tokenizer, [long])
+    assert rows[0]["id"] == "long" and rows[0]["final_prob"] >= 0 and scores[0].n_tokens <= 31

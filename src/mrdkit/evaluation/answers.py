@@ -129,7 +129,10 @@ def answer_logprobs(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sa
         samples = [s.replace(answer=a) for s, a in zip(samples, answers)]
     if not samples:
         return []
-    encoded = encode_samples(samples, tokenizer, template=template, token_set=token_set, max_length=max_length)
+    from mrdkit.models import fit_max_length
+
+    encoded = encode_samples(samples, tokenizer, template=template, token_set=token_set,
+                             max_length=fit_max_length(model, max_length))
     return score_encoded(model, encoded, pad_id(tokenizer), batch_size)
 
 

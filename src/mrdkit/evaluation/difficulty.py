@@ -131,8 +131,11 @@ class _Runner:
         self.snapshot = snapshot
 
     def _encode(self, samples: Sequence[Sample]) -> list:
+        from mrdkit.models import fit_max_length
+
+        # cut to the model's context: a longer sequence would index past GPT-2's position table
         return encode_samples(samples, self.tok, template=self.cfg.template, token_set=self.cfg.token_set,
-                              max_length=self.cfg.max_length)
+                              max_length=fit_max_length(self.model, self.cfg.max_length))
 
     def batch(self, samples: Sequence[Sample]) -> dict:
         return collate(self._encode(samples), pad_id(self.tok))
