@@ -6,7 +6,6 @@ interleaved in one process (see ``benchmarks/README.md``). Nothing here changes 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics

@@ -7,10 +7,12 @@ saved state dict, re-runs the unperturbed forward, seeds the global RNG with ``4
 runs ONE unperturbed pass and perturbs once per draw for all batches (paper-notes section 1).
 
 Runs are interleaved slot by slot (reference, mrdkit, forward-only in rotating order) so that drifting machine
-speed hits all three alike; the script reports ratios (medians over slots), checks that both give the same MRD
-in float64, and (in fresh subprocesses) the peak RSS of scoring vs forward-only passes.
+speed hits all three alike; the script reports ratios (medians over slots) and checks that both give the same
+MRD in float64. ``--memory`` / ``--memory-only`` add the peak RSS of scoring vs forward-only passes, each mode in
+a fresh subprocess.
 
     python benchmarks/mrd_speed.py                      # defaults: 400 TOFU forget10 samples, 2 draws, fp64
+    python benchmarks/mrd_speed.py --memory-only        # peak RSS: forward / mrdkit / lowmem / reference
     python benchmarks/mrd_speed.py --quick --json /tmp/speed.json
 """
 
@@ -26,7 +28,6 @@ import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
-
 
 
 def _load_common():
@@ -188,7 +189,8 @@ def run_mrdkit(model, batches, args, device) -> dict[str, Any]:
                             scheme="reference")
     times.update(stats)
     for clock in ("_s", "_cpu_s"):  # the draw loop: everything after the clone and the base pass
-        times[f"draws{clock}"] = times[f"total{clock}"] - stats.get(f"base{clock}", 0.0) - stats.get(f"setup{clock}", 0.0)
+        once = stats.get(f"base{clock}", 0.0) + stats.get(f"setup{clock}", 0.0)
+        times[f"draws{clock}"] = times[f"total{clock}"] - once
     return {**times, "mrd": res.estimate.mrd.tolist(), "raw": res.estimate.values.tolist(),
             "forward_passes": res.forward_passes}
 
@@ -226,7 +228,8 @@ def measure(model, batches: list[dict], args, device) -> list[dict[str, Any]]:
     canon = forward_batches(model, batches, device)
     warm = argparse.Namespace(draws=1, sigma=args.sigma)
     # untimed warm-up: the first passes of a process pay for allocator and kernel set-up
-    run_reference(model, inputs[:1], warm, device), run_mrdkit(model, batches[:1], warm, device)
+    run_reference(model, inputs[:1], warm, device)
+    run_mrdkit(model, batches[:1], warm, device)
     run_forward(model, canon[:1], 1, device)
     rows = []
     for slot, part in enumerate(common.chunks(inputs, args.chunks)):
@@ -449,7 +452,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--exact-samples", type=int, default=40, help="samples re-scored by mrdkit at batch size 1 "
                    "for the bitwise check (default 40)")
     p.add_argument("--chunks", type=int, default=2, help="interleaving slots: the reference runs on this many "
-                   "sample chunks, mrdkit and a forward-only pass run on all samples once per slot (default 2)")
+                   "sample chunks; mrdkit and K + 1 forward-only passes run on all samples in every slot (default 2)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steady timings; 0 = torch's)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS per mode (subprocesses, ~3 min)")
     p.add_argument("--memory-only", action="store_true", help="only the memory check, no timing")
@@ -459,10 +462,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--memory-samples", type=int, default=32, help="samples per memory run (reference: 4)")
     p.add_argument("--memory-batch-size", type=int, default=4, help="small: activations stay below one weight copy")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
-    p.add_argument("--json", default=str(common.RESULTS / "mrd_speed.json"), help="where to write the results")
+    p.add_argument("--json", default=None, help="where to write the results (default runs/benchmarks/"
+                   "mrd_speed.json, or mrd_memory.json with --memory-only)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.model = args.model or (common.QUICK_MODEL if args.quick else "auto")
+    args.json = args.json or str(common.RESULTS / ("mrd_memory.json" if args.memory_only else "mrd_speed.json"))
     if args.quick:
         args.samples, args.draws, args.chunks = min(args.samples, 6), min(args.draws, 2), 2
         args.split = common.QUICK_SPLIT
@@ -511,7 +516,8 @@ def report(result: dict[str, Any]) -> str:
     rows.append(["max rel. diff MRD / per-draw r_k", f"{c['max_rel_diff_mrd']:.2g} / {c['max_rel_diff_draws']:.2g}",
                  "", f"<= {c['tolerance']:g}: {'OK' if c['equal'] else 'FAIL'}"])
     rows.append(["rel. diff MRD: median / 90% / 99%; samples over tolerance",
-                 f"{q['0.5']:.2g} / {q['0.9']:.2g} / {q['0.99']:.2g}; {c['samples_over_tolerance']} of {c['n_samples']}",
+                 f"{q['0.5']:.2g} / {q['0.9']:.2g} / {q['0.99']:.2g}; "
+                 f"{c['samples_over_tolerance']} of {c['n_samples']}",
                  "", ""])
     rows.append(["max |diff MRD| / median MRD", f"{c['max_abs_diff_mrd_over_median_mrd']:.2g}", "", ""])
     b1 = c["batch_size_1"]
