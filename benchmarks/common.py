@@ -1,4 +1,5 @@
-"""Shared helpers of the MRD benchmarks: environment, model and data loading, timers, tables, JSON, peak RSS.
+"""Shared helpers of the MRD benchmarks: module loading, environment, model and data loading, timers, tables, JSON,
+peak RSS.
 
 The benchmarks run on a small shared machine whose absolute speed drifts, so every script reports RATIOS of runs
 interleaved in one process (see ``benchmarks/README.md``). Nothing here changes the library; it only calls it.
@@ -6,6 +7,7 @@ interleaved in one process (see ``benchmarks/README.md``). Nothing here changes 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import statistics
@@ -13,6 +15,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterator, Optional, Sequence
 
 # Set before torch/transformers are imported: an accidental hub lookup would otherwise retry for ~47 s.
@@ -25,6 +28,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "runs" / "benchmarks"  # runs/ is git-ignored; measured numbers are copied into the docs
 QUICK_SPLIT = "forget01"  # shipped inside the package: --quick works without shared/data
 QUICK_MODEL = "tiny-gpt2:d64-l1-h2-v512"  # --quick: seconds, whatever the testbed
+MODULE_PREFIX = "mrdkit_benchmarks_"  # benchmarks/<name>.py is loaded as module mrdkit_benchmarks_<name>
+
+
+# --------------------------------------------------------------------------------------- module loading
+
+
+def load(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as module ``mrdkit_benchmarks_<name>``, executed once per process.
+
+    Why not ``import <name>``: benchmarks/ is not a package, and a bare ``import common`` could pick up another
+    project's module of that name. The entry scripts load this file the same way, under the name ``load("common")``
+    would give it, so every benchmark module imports it as ``mrdkit_benchmarks_common``.
+    """
+    key = MODULE_PREFIX + name
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
+        module = sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -100,6 +122,14 @@ def tofu_samples(split: str, n: int) -> list:
     from mrdkit.data import load_tofu
 
     return load_tofu(split)[:n]
+
+
+def load_bench_inputs(spec: str, dtype: str, device: str, split: str, n: int, batch_size: int):
+    """Model and data of one benchmark run: ``(lm, description, samples, batches)`` from :func:`load_bench_model`,
+    the first ``n`` samples of ``split`` (:func:`tofu_samples`) and their batches (:func:`encode`)."""
+    lm, what = load_bench_model(spec, dtype, device, split)
+    samples = tofu_samples(split, n)
+    return lm, what, samples, encode(samples, lm.tokenizer, batch_size)
 
 
 def encode(samples: Sequence[Any], tokenizer: Any, batch_size: int) -> list[dict[str, Any]]:

@@ -22,19 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-
-def _load_common():
-    """``benchmarks/common.py`` under a unique module name (benchmarks/ is not a package, and a bare
-    ``import common`` could pick up another project's module of that name)."""
-    name = "mrdkit_benchmarks_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("common.py"))
-        module = sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-common = _load_common()
+if "mrdkit_benchmarks_common" not in sys.modules:  # benchmarks/ is no package: common.py by path, as common.load
+    _spec = importlib.util.spec_from_file_location("mrdkit_benchmarks_common",
+                                                   Path(__file__).resolve().with_name("common.py"))
+    _spec.loader.exec_module(sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec)))
+import mrdkit_benchmarks_common as common  # noqa: E402
 
 ESTIMATOR_NAMES = ("paper", "antithetic")
 
@@ -167,9 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = common.setup_torch(args.threads)
     passes = budgets(args)
-    lm, what = common.load_bench_model(args.model, args.dtype, device, args.split)
-    samples = common.tofu_samples(args.split, args.samples)
-    batches = common.encode(samples, lm.tokenizer, args.batch_size)
+    lm, what, samples, batches = common.load_bench_inputs(args.model, args.dtype, device, args.split, args.samples,
+                                                          args.batch_size)
     common.log(f"mrd_variance: {what}, {len(samples)} samples, passes {passes}, seeds {args.seeds}")
     results, timing = {}, {}
     for est in args.estimators:

@@ -21,6 +21,7 @@ _LAZY = {
     "token_logprobs": "mrdkit.logprob",
     "score_mrd": "mrdkit.scoring",
     "MRDResult": "mrdkit.scoring",
+    "load_mrd_result": "mrdkit.scoring",
     "unlearn": "mrdkit.unlearning",
     "evaluate": "mrdkit.evaluation",
     "MrdkitError": "mrdkit.errors",

@@ -35,6 +35,7 @@ def eval_command(
     tofu_source: Optional[str] = typer.Option(None, help="TOFU folder or hub id (default: local copy)"),
     dtype: str = typer.Option("float32", help="float32 | float64 | bfloat16"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     overwrite: bool = typer.Option(False, help="recompute everything in --out"),
 ) -> None:
     """Evaluate a model: TOFU metrics as open-unlearning computes them, MCQ accuracy, or perplexity."""
@@ -45,7 +46,8 @@ def eval_command(
                       retain_model=retain_model, retain_log=retain_log, template=template, batch_size=batch_size,
                       max_length=max_length, max_new_tokens=max_new_tokens, skip_generation=skip_generation,
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
-                      tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens)
+                      tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,
+                      trust_remote_code=trust_remote_code)
     rows = [{"metric": k, "value": v["value"], "higher is better": v.get("higher_is_better"), "n": v["n"]}
             for k, v in sorted(result.metrics.items())]
     print_table(f"{benchmark} evaluation of {model}", rows)
@@ -93,6 +95,7 @@ def truth_command(
     method_arg: List[str] = typer.Option([], "--method-arg", help="method hyper-parameter key=value (repeatable)"),
     dtype: str = typer.Option("float32", help="float32 | float64"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
 ) -> None:
@@ -111,7 +114,8 @@ def truth_command(
     run = RunDir(out, config, resume=resume, overwrite=overwrite)
     samples = load_data(data, split=split, limit=limit)
     retain = load_data(retain_data) if retain_data else None
-    loaded = load_model_for(model, samples, dtype=dtype, device=device, seed=seed)
+    loaded = load_model_for(model, samples, dtype=dtype, device=device, seed=seed,
+                            trust_remote_code=trust_remote_code)
     with progress_bar(f"{method} updates until forgotten", len(samples)) as bar:
         rows = required_updates(loaded.model, loaded.tokenizer, samples, retain=retain, progress=bar,
                                 checkpoint_path=run.file("updates.jsonl"), resume=resume, **settings)

@@ -89,6 +89,11 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> N
     atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in rows))
 
 
+def json_roundtrip(obj: Any) -> Any:
+    """``obj`` after a JSON round trip (tuples become lists...), so it compares equal to what a file stores."""
+    return json.loads(dumps(obj))
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file with a one-line error naming the file."""
     path = Path(path)

@@ -78,6 +78,22 @@ def test_samplers_quick(tmp_path):
     assert all(r["forget_Q_A_Prob"] is not None for r in results["runs"])
     report = render_report(tmp_path).read_text()
     assert "CGA improves unlearning completeness" in report
+    # model utility needs generated answers (ROUGE), which SMALL_SAMPLERS skips: no bars for it
+    for name in ("curve_forget_ga.png", "curve_retain_ga.png", "bars_forget_Q_A_Prob.png", "bars_forget_quality.png"):
+        assert (tmp_path / "samplers" / name).stat().st_size > 0 and f"`samplers/{name}`" in report
+
+
+def test_sampler_curves_average_the_seeds_train_logs(tmp_path):
+    from mrdkit.bench.samplers_plots import _mean_curve
+    from mrdkit.runs import atomic_write_jsonl
+
+    logs = []
+    for seed, values in enumerate(([0.9, 0.5, 0.2], [0.7, 0.3, 0.0])):
+        rows = [{"step": 2 * i, "forget_prob": v} for i, v in enumerate(values)] + [{"step": 5, "loss": 1.0}]
+        logs.append(atomic_write_jsonl(tmp_path / f"s{seed}.jsonl", rows) or tmp_path / f"s{seed}.jsonl")
+    steps, mean, std = _mean_curve(logs, "forget_prob")
+    assert steps == [0, 2, 4] and mean == pytest.approx([0.8, 0.4, 0.1])
+    assert std == pytest.approx([0.1414213562, 0.1414213562, 0.1414213562])
 
 
 @pytest.mark.parametrize("name, options", [
@@ -91,6 +107,9 @@ def test_other_experiments_quick(tmp_path, name, options):
     assert f"## {name} (quick run" in report
     if name == "characteristics":
         assert {r["feature"] for r in results["table"]} >= {"frequency", "author_association", "loss"}
+        by = {r["feature"]: r for r in results["table"]}
+        assert by["frequency"]["partial_given"] == "n_tokens+loss" and by["loss"]["partial_given"] == "n_tokens"
+        assert "partial_spearman" in report
     if name == "sensitivity":
         assert {r["estimator"] for r in results["rows"]} == {"paper", "antithetic"}
         assert (tmp_path / name / "stability_vs_passes.png").exists()

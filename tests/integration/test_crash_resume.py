@@ -155,3 +155,26 @@ def test_ground_truth_runner_killed_and_resumed_matches_an_uninterrupted_run(tmp
     assert (killed / "updates.jsonl").read_bytes() == (straight / "updates.jsonl").read_bytes()
     assert (killed / "DONE.json").read_bytes() == (straight / "DONE.json").read_bytes()
     assert_no_temp_files(killed)
+
+
+def test_bench_experiment_killed_and_rerun_matches_an_uninterrupted_run(tmp_path):
+    # `mrd bench run` resumes an unfinished experiment by itself: finished MRD runs are loaded, the ground truth
+    # continues from its checkpoint (written every 5 samples); the kill lands inside the per-sample ground truth
+    def args(out):  # noqa: E306
+        return ["bench", "run", "validate", "--quick", "--out", out, "--set", "n=12", "--set", "truth_lr=2e-4"]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert_ok(run_cli_inprocess(*args(straight)))
+    exp = killed / "validate"
+    killed.mkdir()
+    kill_mid_run(args(killed), lambda: (exp / "updates.jsonl").exists(), exp, linger=0.05)
+    assert_no_partial_outputs(exp)
+    assert (exp / "mrd_antithetic" / "DONE.json").exists() and not (exp / "updates_chunked.jsonl").exists()
+    assert_ok(run_cli_inprocess(*args(killed)))
+    for name in ("scores.jsonl", "updates.jsonl", "updates_chunked.jsonl", "mrd_paper/mrd.jsonl",
+                 "per_sample/correlations.json", "chunked/correlations.json"):
+        assert (exp / name).read_bytes() == (straight / "validate" / name).read_bytes(), name
+    a, b = (json.loads((d / "validate" / "results.json").read_text()) for d in (straight, killed))
+    assert without(a, "wall_s") == without(b, "wall_s")
+    assert (killed / "report.md").exists()
+    assert_no_temp_files(killed)

@@ -86,3 +86,39 @@ def test_refuses_bf16(loaded):
     model = copy.deepcopy(loaded.model).to(torch.bfloat16)
     with pytest.raises(MrdkitError, match="bfloat16|bf16"):
         score_mrd(model, SAMPLES, tokenizer=loaded.tokenizer, config=fast())
+
+
+def test_load_mrd_result_round_trips_a_finished_run(loaded, tmp_path):
+    from mrdkit.scoring import load_mrd_result
+
+    for estimator, proxies in (("antithetic", True), ("paper", False)):
+        out = tmp_path / estimator
+        result = score_mrd(loaded, SAMPLES, config=fast(estimator=estimator, proxies=proxies), out_dir=out)
+        back = load_mrd_result(out)
+        assert back.ids == result.ids and back.rows() == result.rows() and back.scores() == result.scores()
+        assert torch.equal(back.draws, result.draws) and torch.equal(back.mrd, result.mrd.double())
+        assert back.config == json.loads(json.dumps(result.config)) and back.out_dir == out
+        assert (back.first_order_spread is None) == (result.first_order_spread is None)
+
+
+def test_load_mrd_result_refuses_unfinished_or_inconsistent_runs(loaded, tmp_path):
+    from mrdkit.scoring import load_mrd_result
+
+    with pytest.raises(MrdkitError, match="DONE.json is missing"):
+        load_mrd_result(tmp_path / "nowhere")
+    score_mrd(loaded, SAMPLES, config=fast(), out_dir=tmp_path / "run")
+    rows = (tmp_path / "run" / "mrd.jsonl").read_text().splitlines()
+    (tmp_path / "run" / "mrd.jsonl").write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(MrdkitError, match="list different samples"):
+        load_mrd_result(tmp_path / "run")
+
+
+def test_resume_of_a_finished_run_loads_it_without_scoring(loaded, tmp_path, monkeypatch):
+    import mrdkit.scoring.engine as engine
+
+    first = score_mrd(loaded, SAMPLES, config=fast(), out_dir=tmp_path / "run")
+    monkeypatch.setattr(engine, "score_batches", lambda *a, **k: pytest.fail("a finished run was recomputed"))
+    again = score_mrd(loaded, SAMPLES, config=fast(), out_dir=tmp_path / "run", resume=True)
+    assert again.rows() == first.rows()
+    with pytest.raises(MrdkitError, match="different config"):  # other settings: still refused, never mixed
+        score_mrd(loaded, SAMPLES, config=fast(draws=3), out_dir=tmp_path / "run", resume=True)

@@ -4,6 +4,7 @@ the output root."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -55,12 +56,10 @@ def test_no_pickle_is_read_anywhere_in_the_source():
     assert not bad, bad
 
 
-@pytest.fixture(scope="module")
-def custom_code_model(tmp_path_factory):
-    """A saved model whose config asks for its own Python code; running that code leaves a marker file."""
+def _custom_code_model(root: Path) -> Path:
+    """A saved model whose config asks for its own Python code; running that code leaves ``root/RAN``."""
     from mrdkit.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("remote")
     path = root / "model"
     build_tiny_model(None, vocab_size=300, n_layer=1, d_model=32, n_head=2, max_position=64).save(path)
     config = json.loads((path / "config.json").read_text())
@@ -72,13 +71,36 @@ def custom_code_model(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def custom_code_model(tmp_path_factory):
+    return _custom_code_model(tmp_path_factory.mktemp("remote"))
+
+
 def test_model_code_runs_only_with_trust_remote_code(custom_code_model, tmp_path):
     data = _qa(tmp_path)
     for proc in (run_cli_inprocess("score", "--model", custom_code_model, "--data", data, "--out", tmp_path / "s"),
                  run_cli_inprocess("unlearn", "--model", custom_code_model, "--forget", data, "--out",
-                                   tmp_path / "u")):
+                                   tmp_path / "u"),
+                 run_cli_inprocess("eval", "--model", custom_code_model, "--benchmark", "ppl", "--data", data,
+                                   "--out", tmp_path / "e"),
+                 run_cli_inprocess("eval", "--model", SMALL_MODEL, "--retain-model", custom_code_model,
+                                   "--limit", "2", "--skip-generation", "--out", tmp_path / "r"),
+                 run_cli_inprocess("difficulty", "truth", "--model", custom_code_model, "--data", data, "--out",
+                                   tmp_path / "t")):
         assert_user_error(proc, "ships its own Python code", "--trust-remote-code")
     assert not (custom_code_model.parent / "RAN").exists()
+
+
+@pytest.mark.parametrize("command", [["eval", "--benchmark", "ppl", "--data", "{data}"],
+                                     ["difficulty", "truth", "--data", "{data}"]])
+def test_trust_remote_code_reaches_the_loader(tmp_path, command):
+    # with the flag the model's own code is imported (the marker appears); what it then does is its own business
+    model = _custom_code_model(tmp_path)
+    data = str(_qa(tmp_path))
+    args = [a.replace("{data}", data) for a in command]
+    with contextlib.suppress(Exception):  # the marker-only module then lacks the classes transformers wants
+        run_cli_inprocess(*args, "--model", model, "--out", tmp_path / "out", "--trust-remote-code")
+    assert (tmp_path / "RAN").exists()
 
 
 def test_run_names_cannot_escape_the_output_root(tmp_path):

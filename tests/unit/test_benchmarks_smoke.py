@@ -54,6 +54,8 @@ def test_reference_loop_leaves_weights_and_global_rng_alone(speed):
 
     from mrdkit.models import load_model
 
+    reference = speed.common.load("reference_loop")  # benchmarks/reference_loop.py, as mrd_speed loads it
+
     lm = load_model("tiny-gpt2:d32-l1-h2-v300", dtype="float64", device="cpu",
                     tiny_texts=["Question: who?\nAnswer: an author from Lima."] * 4)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -61,15 +63,16 @@ def test_reference_loop_leaves_weights_and_global_rng_alone(speed):
     ids = lm.tokenizer("Question: who?\nAnswer: an author", return_tensors="pt")["input_ids"]
     labels = ids.clone()
     labels[:, 0] = -100
-    mrd, raw = speed.reference_loop(lm.model, [(ids, labels)], draws=2, sigma=1e-3)
+    mrd, raw = reference.reference_loop(lm.model, [(ids, labels)], draws=2, sigma=1e-3)
     assert len(raw[0]) == 2 and mrd[0] == pytest.approx(abs(sum(raw[0]) / 2))
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
 
 
 def test_memory_probe_reports_peak_above_loaded_model(speed):
-    out = speed.memory_probe(spec="tiny-gpt2:d32-l1-h2-v300", dtype="float64", split="forget01", n=4, draws=1,
-                             mode="mrdkit", batch_size=2, device="cpu")
+    memory = speed.common.load("speed_memory")  # benchmarks/speed_memory.py, as mrd_speed loads it
+    out = memory.memory_probe(spec="tiny-gpt2:d32-l1-h2-v300", dtype="float64", split="forget01", n=4, draws=1,
+                              mode="mrdkit", batch_size=2, device="cpu")
     assert out["params_mib"] > 0 and out["largest_param_mib"] <= out["params_mib"]
     assert out["peak_extra_mib"] >= 0
 

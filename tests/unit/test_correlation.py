@@ -137,3 +137,22 @@ def test_correlation_table_rows(as_frame):
 def test_correlation_table_missing_column():
     with pytest.raises(MrdkitError, match="no column 'mdr'.*steps"):
         correlation_table(_table_data(), "steps", ["mdr"], n_boot=0)
+
+
+def test_partial_spearman_matches_the_one_control_formula_and_removes_a_confounder():
+    import numpy as np
+    from scipy import stats
+
+    from mrdkit.evaluation.correlation import partial_spearman
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=200)
+    x, y = z + 0.3 * rng.normal(size=200), z + 0.3 * rng.normal(size=200)  # linked only through z
+    rho, p, n = partial_spearman(x, y, [z])
+    r = lambda a, b: stats.spearmanr(a, b).statistic  # noqa: E731
+    formula = (r(x, y) - r(x, z) * r(y, z)) / np.sqrt((1 - r(x, z) ** 2) * (1 - r(y, z) ** 2))
+    assert n == 200 and rho == pytest.approx(formula, abs=1e-12)
+    assert r(x, y) > 0.7 and abs(rho) < 0.2 and p > 0.01
+    w = x + 0.5 * rng.normal(size=200)  # a real link beyond z survives
+    assert partial_spearman(x, w, [z])[0] > 0.3 and partial_spearman(x, w, [z])[1] < 1e-6
+    assert np.isnan(partial_spearman([1, 2, 3], [3, 2, 1], [[1, 2, 3]])[0])  # too few points

@@ -39,11 +39,14 @@ def validation_samples(ctx: BenchContext) -> list:
 
 
 def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settings: Any):
-    """``score_mrd`` into ``ctx.dir/name`` (resumable), with bench defaults."""
-    from mrdkit.scoring.mrd import MRDConfig, score_mrd
+    """``score_mrd`` into ``ctx.dir/name`` with bench defaults: a finished run with the same settings is loaded,
+    an interrupted one resumed, one made with other settings (e.g. changed bench defaults) started afresh."""
+    from mrdkit.runs import json_roundtrip, read_json
+    from mrdkit.scoring.mrd import MRDConfig, run_config, score_mrd
 
     base = dict(draws=ctx.size(8, 64), sigma=BENCH_SIGMA, batch_size=16, diagnostics=False, checkpoint_every=4)
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
-    done = (out / "DONE.json").exists()
-    return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=out.exists() and not done, overwrite=done)
+    stored = out / "config.json"
+    same = stored.is_file() and read_json(stored) == json_roundtrip(run_config(cfg, samples))
+    return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)

@@ -52,13 +52,13 @@ def run_experiment(name: str, out_root: str | Path, *, quick: bool = False, seed
                    overwrite: bool = False, options: Optional[dict[str, Any]] = None,
                    progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Run experiment ``name`` into ``out_root/name`` (skipped when already finished) and return its results."""
-    from mrdkit.runs import RunDir, read_json
+    from mrdkit.runs import RunDir, json_roundtrip, read_json
 
     _load_all()
     entry = EXPERIMENTS.entry(name)
     config = {"experiment": name, "quick": quick, "seeds": seeds, "tier": tier, "options": options or {}}
     target = Path(out_root) / name
-    if (target / "DONE.json").exists() and not overwrite and read_json(target / "config.json") == read_json_safe(config):
+    if (target / "DONE.json").exists() and not overwrite and read_json(target / "config.json") == json_roundtrip(config):
         return read_json(target / "results.json")
     # an unfinished run continues (RunDir refuses it if the config changed); --overwrite starts afresh
     run = RunDir(target, config, resume=not overwrite, overwrite=True)
@@ -70,15 +70,6 @@ def run_experiment(name: str, out_root: str | Path, *, quick: bool = False, seed
     run.write_json("results.json", results)
     run.mark_finished({"wall_s": results["wall_s"]})
     return results
-
-
-def read_json_safe(obj: Any) -> Any:
-    """``obj`` after a JSON round trip (so it compares equal to what was stored)."""
-    import json
-
-    from mrdkit.runs import dumps
-
-    return json.loads(dumps(obj))
 
 
 def _load_all() -> None:

@@ -188,6 +188,11 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
         "**Forget-answer probability after unlearning by MRD quartile** (Q1 = lowest MRD = predicted hardest)", "",
         md_table(results["quartiles"], ["method", "sampler", "Q1", "Q2", "Q3", "Q4"]),
     ]
+    from mrdkit.bench.samplers_plots import bar_plots, curve_plots
+
+    figures = curve_plots(results, exp_dir) + bar_plots(results, exp_dir)
+    if figures:
+        text += ["", "Plots: " + ", ".join(f"`samplers/{p.name}`" for p in figures) + "."]
     claims = []
     cga = [p for p in results["paired"] if p["sampler"] == "cga"]
     if cga:

@@ -33,11 +33,21 @@ def _score_rows(ctx: BenchContext, loaded, samples) -> list[dict[str, Any]]:
 
 
 def _truth(ctx: BenchContext, loaded, samples, name: str, **settings: Any) -> list[dict[str, Any]]:
-    from mrdkit.evaluation.difficulty import required_updates
+    from mrdkit.evaluation.difficulty import checkpoint_is_current, required_updates
 
     path = Path(ctx.dir) / f"{name}.jsonl"
-    return required_updates(loaded.model, loaded.tokenizer, samples, checkpoint_path=path, resume=path.exists(),
-                            **settings)
+    # a checkpoint made with other settings (changed defaults or options) is replaced, never mixed in
+    return required_updates(loaded.model, loaded.tokenizer, samples, checkpoint_path=path,
+                            resume=checkpoint_is_current(path, samples, **settings), **settings)
+
+
+def chunk_settings(ctx: BenchContext, truth_settings: dict[str, Any], chunk: int) -> dict[str, Any]:
+    """Ground-truth settings of the chunked variant: one update per epoch on the mean gradient of a whole chunk
+    moves each member about ``1/chunk`` as far as a per-sample step, so chunks get a larger lr (``chunk_lr``,
+    default 1e-4) and a cap of ``chunk_cap`` (default 30) epochs. At the per-sample lr (2e-5) all 24 chunks of
+    the full run were censored at 20 epochs, which leaves nothing to correlate."""
+    return {**truth_settings, "lr": float(ctx.options.get("chunk_lr", 1e-4)),
+            "cap": int(ctx.options.get("chunk_cap", 30)), "chunk_size": chunk}
 
 
 @experiment("validate", summary="MRD and proxies vs required unlearning updates (per sample and chunked)",
@@ -57,13 +67,14 @@ def validate(ctx: BenchContext) -> dict[str, Any]:
     ctx.log("validate: ground truth (updates to forget each sample)")
     per_sample = _truth(ctx, loaded, samples, "updates", **truth_settings)
     chunk = int(ctx.options.get("chunk_size", ctx.size(4, 5)))
-    chunked = _truth(ctx, loaded, samples, "updates_chunked", **{**truth_settings, "cap": 20, "chunk_size": chunk})
+    chunked = _truth(ctx, loaded, samples, "updates_chunked", **chunk_settings(ctx, truth_settings, chunk))
     cols = ["mrd_paper", "mrd_antithetic", *[c for c in PROXY_COLUMNS if c in rows[0]]]
     n_boot = ctx.size(200, 1000)
     table = correlation_report(rows, per_sample, score_cols=cols, n_boot=n_boot, out_dir=Path(ctx.dir) / "per_sample")
     table_chunk = correlation_report(rows, chunked, score_cols=cols, n_boot=n_boot,
                                      out_dir=Path(ctx.dir) / "chunked")
     return {"n_samples": len(samples), "chunk_size": chunk, "truth": truth_settings,
+            "truth_chunked": chunk_settings(ctx, truth_settings, chunk),
             "censored": sum(r["censored"] for r in per_sample),
             "censored_chunks": sum(r["censored"] for r in chunked), "n_chunks": len(chunked),
             "median_updates": sorted(r["updates"] for r in per_sample)[len(per_sample) // 2],
@@ -80,11 +91,13 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
     """Report section + claims for ``validate``."""
     cols = ["score", "spearman", "spearman_ci_low", "spearman_ci_high", "spearman_p", "kendall", "harrell_c", "n"]
     truth = results["truth"]
+    chunked = results.get("truth_chunked", {"lr": truth["lr"], "cap": 20})  # runs made before chunk_lr existed
     text = [
         f"Ground truth: `{truth['method']}` at lr {fmt(truth['lr'])} on one sample at a time from the target model "
         f"until P(answer) <= {truth['threshold']} (cap {truth['cap']} updates; {results['censored']} of "
         f"{results['n_samples']} censored; median {results['median_updates']} updates). Chunked: chunks of "
-        f"{results['chunk_size']} samples, epochs until the chunk mean <= {truth['threshold']} (cap 20; "
+        f"{results['chunk_size']} samples at lr {fmt(chunked['lr'])}, epochs until the chunk mean <= "
+        f"{truth['threshold']} (cap {chunked['cap']}; "
         f"{results['censored_chunks']} of {results['n_chunks']} censored).",
         "",
         "High MRD = easy, so a working score has a negative Spearman with the updates and Harrell's C > 0.5. "

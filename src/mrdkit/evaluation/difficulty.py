@@ -16,21 +16,26 @@ A sample that never gets there is censored at ``cap`` updates (report it; use Ha
 :mod:`mrdkit.evaluation.correlation`). Every unit starts from bit-identical weights (one clone, ``copy_`` back,
 fresh optimizer) and the model ends bitwise unchanged, even on errors (house rule 6). Updates run in eval mode
 (no dropout), so counts are deterministic. Rows can be checkpointed atomically and a run resumed.
+
+The update loop itself (:class:`Snapshot`, the per-unit runner) lives in :mod:`~mrdkit.evaluation.difficulty_loop`;
+comparing scores with the counts (:func:`difficulty_table`, :func:`correlation_report`) in
+:mod:`~mrdkit.evaluation.difficulty_report`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mrdkit.data import Sample, collate, encode_samples, pad_id
+from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
-from mrdkit.logprob import TokenLogProbs, token_logprobs
-from mrdkit.seeding import python_rng
+# re-exported: these lived here before the split, `from mrdkit.evaluation.difficulty import ...` keeps working
+from mrdkit.evaluation.difficulty_loop import Snapshot, _Runner, _stat
+from mrdkit.evaluation.difficulty_report import (_number, _rows, _write_report, correlation_report,
+                                                 difficulty_table)
 
 STATISTICS = ("geometric", "arithmetic")
 OPTIMIZERS = ("adamw", "sgd")
@@ -72,133 +77,6 @@ class DifficultyConfig:
             self.cap = 150 if self.chunk_size is None else 20
 
 
-def _stat(lp: TokenLogProbs, statistic: str) -> tuple[float, float]:
-    """(probability statistic, mean token log-prob), each averaged over the batch's samples."""
-    mean_lp = lp.mean()  # (B,)
-    if statistic == "geometric":
-        prob = mean_lp.exp()
-    else:
-        prob = (lp.values.exp() * lp.mask).sum(-1) / lp.count().clamp(min=1)  # (B,) mean_t p_t
-    return float(prob.mean()), float(mean_lp.mean())
-
-
-class Snapshot:
-    """One clone of the trainable parameters: ``restore()`` copies it back bit-exactly (and drops gradients),
-    ``change()`` measures the distance to it. As a context manager it restores the weights and the train/eval
-    mode on exit, even on errors (house rule 6)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.was_training = model, model.training
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.saved = [p.detach().clone() for p in self.params]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for p, s in zip(self.params, self.saved):
-                p.copy_(s)
-                p.grad = None
-
-    def change(self) -> tuple[float, float]:
-        """``(sum |theta - theta_0|, ||theta - theta_0||_2)`` over trainable parameters, in float64."""
-        l1 = l2 = 0.0
-        for p, s in zip(self.params, self.saved):
-            d = p.detach().double() - s.double()
-            l1, l2 = l1 + float(d.abs().sum()), l2 + float(d.pow(2).sum())
-        return l1, math.sqrt(l2)
-
-    def __enter__(self) -> "Snapshot":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
-        self.model.train(self.was_training)
-
-
-class _Runner:
-    """Holds what every unit shares: the method, the reference model, encoded retain data, the optimizer kind."""
-
-    def __init__(self, model: Any, tokenizer: Any, cfg: DifficultyConfig, retain: Sequence[Sample] | None,
-                 snapshot: Snapshot):
-        from mrdkit.models import clone_frozen
-        from mrdkit.unlearning import build_method
-
-        self.model, self.tok, self.cfg = model, tokenizer, cfg
-        self.method = build_method(cfg.method, **cfg.method_kwargs)
-        if self.method.needs_retain and not retain:
-            raise MrdkitError(f"method {cfg.method!r} needs retain samples (or set its alpha=0)")
-        self.ref = clone_frozen(model) if self.method.needs_reference else None
-        self.retain = self._encode(retain) if retain and self.method.needs_retain else []
-        self.snapshot = snapshot
-
-    def _encode(self, samples: Sequence[Sample]) -> list:
-        from mrdkit.models import fit_max_length
-
-        # cut to the model's context: a longer sequence would index past GPT-2's position table
-        return encode_samples(samples, self.tok, template=self.cfg.template, token_set=self.cfg.token_set,
-                              max_length=fit_max_length(self.model, self.cfg.max_length))
-
-    def batch(self, samples: Sequence[Sample]) -> dict:
-        return collate(self._encode(samples), pad_id(self.tok))
-
-    def optimizer(self) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(self.snapshot.params, lr=self.cfg.lr)
-        return torch.optim.AdamW(self.snapshot.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-
-    def extras(self, unit: Sequence[Sample], key: str) -> tuple[Optional[Callable[[], dict]], Optional[dict]]:
-        """Retain-batch factory (one retain sample per step, seeded per unit) and the unit's IDK batch."""
-        rng = python_rng(self.cfg.seed, "difficulty", key)
-        retain = (lambda: collate([rng.choice(self.retain)], pad_id(self.tok))) if self.retain else None
-        idk = None
-        if self.method.needs_idk:
-            from mrdkit.data import load_idk
-
-            answers = load_idk()
-            idk = self.batch([s.replace(answer=rng.choice(answers)) for s in unit])
-        return retain, idk
-
-    def done(self, prob: float, logp: float, initial_logp: float) -> bool:
-        if self.cfg.relative is not None:
-            return logp <= self.cfg.relative * initial_logp
-        return prob <= self.cfg.threshold
-
-    def step(self, opt: torch.optim.Optimizer, batch: dict, retain: Any, idk: Any) -> None:
-        """One optimizer update on ``batch`` with the method's loss (:func:`gather_step_inputs` + ``compute``)."""
-        from mrdkit.unlearning import gather_step_inputs
-
-        ctx = gather_step_inputs(self.method, self.model, self.ref, batch, retain() if retain else None, idk)
-        loss = self.method.compute(ctx).total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def measure(self, batch: dict) -> tuple[float, float]:
-        return _stat(token_logprobs(self.model, batch), self.cfg.statistic)
-
-    def unit(self, unit: Sequence[Sample], key: str) -> dict[str, Any]:
-        """Updates until the unit is forgotten (per sample: one update = one step; per chunk: one epoch over its
-        mini-batches of ``batch_size``). The statistic is measured on the whole unit after every update."""
-        cfg = self.cfg
-        batch, (retain, idk) = self.batch(unit), self.extras(unit, key)
-        size = cfg.batch_size or len(unit)
-        minis = [batch] if size >= len(unit) else [self.batch(unit[i:i + size]) for i in range(0, len(unit), size)]
-        if idk is not None and len(minis) > 1:
-            raise MrdkitError(f"method {cfg.method!r} needs the whole chunk per step: leave batch_size unset")
-        opt = self.optimizer()
-        prob0, logp0 = prob, logp = self.measure(batch)
-        updates = steps = 0
-        while not self.done(prob, logp, logp0) and updates < cfg.cap:
-            for mini in minis:
-                self.step(opt, mini, retain, idk)
-                steps += 1
-            updates += 1
-            prob, logp = self.measure(batch)
-        l1, l2 = self.snapshot.change()
-        return {"updates": updates, "censored": not self.done(prob, logp, logp0), "steps": steps,
-                "initial_prob": prob0, "final_prob": prob, "initial_logprob": logp0, "final_logprob": logp,
-                "l1_change": l1, "l2_change": l2}
-
-
 def _units(samples: Sequence[Sample], chunk_size: Optional[int]) -> list[tuple[str, list[Sample]]]:
     """``[(row id, samples)]``: one per sample, or consecutive chunks ``chunk:<k>``."""
     if chunk_size is None:
@@ -219,6 +97,18 @@ def _load_checkpoint(path: Path, config: dict, resume: bool) -> list[dict]:
         return read_jsonl(path)
     atomic_write_json(meta, config)
     return []
+
+
+def checkpoint_is_current(checkpoint_path: str | Path, samples: Sequence[Sample], **settings: Any) -> bool:
+    """True when ``checkpoint_path`` was written by :func:`required_updates` with exactly these samples and
+    settings, i.e. it can be resumed (callers that own the file start afresh otherwise)."""
+    from mrdkit.runs import json_roundtrip, read_json
+
+    meta = Path(checkpoint_path).with_name(Path(checkpoint_path).name + ".config.json")
+    if not (meta.is_file() and Path(checkpoint_path).is_file()):
+        return False
+    expected = {**asdict(DifficultyConfig(**settings)), "ids": [s.id for s in samples]}
+    return read_json(meta) == json_roundtrip(expected)
 
 
 def required_updates(
@@ -276,104 +166,3 @@ def required_updates(
         finally:
             save()  # also on an exception or Ctrl-C: resume continues from here
     return [done[k] for k, _ in units]
-
-
-# ------------------------------------------------------------------------------- scores vs ground truth
-
-
-def _rows(source: str | Path | Sequence[dict]) -> list[dict]:
-    """Rows of a JSONL file, or the given rows."""
-    if isinstance(source, (str, Path)):
-        from mrdkit.runs import read_jsonl
-
-        return read_jsonl(source)
-    return list(source)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def difficulty_table(scores: Sequence[dict], truth: Sequence[dict], *, truth_col: str = "updates",
-                     score_cols: Sequence[str] | None = None) -> tuple[dict[str, list], list[str]]:
-    """Join score rows and ground-truth rows on ``id``.
-
-    A chunk row (with ``ids``) gets the mean of its members' scores, as the reference code averages MRD over a
-    chunk. ``score_cols=None`` takes every numeric column of the score rows. Returns ``(columns, score_cols)``,
-    columns = ``{"id", truth_col, "event" (False = censored), <score cols>}``; truth rows without scores are
-    dropped.
-    """
-    by_id = {str(r["id"]): r for r in scores}
-    if score_cols is None:
-        score_cols = sorted({k for r in scores for k, v in r.items() if _number(v)} - {"id", truth_col, "index"})
-    absent = [c for c in score_cols if not any(c in r for r in scores)]
-    if absent or not score_cols:
-        raise MrdkitError(f"score columns {absent or '(none)'} not found; the score rows have: "
-                          f"{', '.join(sorted({k for r in scores for k in r}))}")
-    cols: dict[str, list] = {"id": [], truth_col: [], "event": [], **{c: [] for c in score_cols}}
-    for t in truth:
-        if truth_col not in t:
-            raise MrdkitError(f"ground-truth row {t.get('id')!r} has no {truth_col!r} column")
-        members = [by_id.get(str(m)) for m in (t.get("ids") or [t["id"]])]
-        if any(m is None for m in members):
-            continue
-        cols["id"].append(t["id"])
-        cols[truth_col].append(float(t[truth_col]))
-        cols["event"].append(not t.get("censored", False))
-        for c in score_cols:
-            vals = [m.get(c) for m in members]
-            cols[c].append(sum(vals) / len(vals) if all(_number(v) for v in vals) else float("nan"))
-    if len(cols["id"]) < 3:
-        raise MrdkitError(f"only {len(cols['id'])} ids in common between the scores and the ground truth")
-    return cols, list(score_cols)
-
-
-def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | Sequence[dict], *,
-                       score_cols: Sequence[str] | None = None, truth_col: str = "updates", n_boot: int = 1000,
-                       seed: int = 0, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Spearman / Kendall (bootstrap CIs, p-values) and censoring-aware Harrell's C of each score vs the truth.
-
-    Sign convention: MRD predicts EASY samples by HIGH values (Feng et al. 2025), so a working score has a
-    negative Spearman with ``updates`` and Harrell's C above 0.5 (:func:`correlation.harrell_c`).
-
-    Args:
-        scores: JSONL path or rows with ``id`` and score columns (e.g. ``mrd.jsonl`` of ``mrd score``).
-        truth: JSONL path or rows of :func:`required_updates`.
-        score_cols: columns to evaluate (default: every numeric column of the score rows).
-        truth_col: ground-truth column (``updates``; or ``l1_change`` / ``l2_change``).
-        n_boot, seed: bootstrap resamples and seed.
-        out_dir: write ``correlations.json``, ``correlations.csv`` and ``scatter_<score>.png`` there.
-
-    Returns:
-        :func:`mrdkit.evaluation.correlation.correlation_table` rows.
-    """
-    from mrdkit.evaluation.correlation import correlation_table
-
-    cols, score_cols = difficulty_table(_rows(scores), _rows(truth), truth_col=truth_col, score_cols=score_cols)
-    table = correlation_table(cols, truth_col, score_cols, event_col="event", n_boot=n_boot, seed=seed)
-    if out_dir is not None:
-        _write_report(Path(out_dir), cols, table, truth_col)
-    return table
-
-
-def _write_report(out: Path, cols: dict[str, list], table: list[dict], truth_col: str) -> None:
-    import csv
-    import io
-    import re
-
-    from mrdkit.plots import scatter
-    from mrdkit.runs import atomic_write_json, atomic_write_text
-
-    censored = [not e for e in cols["event"]]
-    atomic_write_json(out / "correlations.json", {"truth_col": truth_col, "n": len(cols["id"]),
-                                                  "n_censored": sum(censored), "rows": table})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    atomic_write_text(out / "correlations.csv", buf.getvalue())
-    for row in table:
-        name = re.sub(r"[^\w.-]", "_", row["score"])
-        scatter(cols[row["score"]], cols[truth_col], out / f"scatter_{name}.png", marked=censored,
-                title=f"{row['score']} vs {truth_col} (Spearman {row['spearman']:.2f})", xlabel=row["score"],
-                ylabel=truth_col)

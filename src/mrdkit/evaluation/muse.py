@@ -284,7 +284,7 @@ def run_muse(model: Any, tokenizer: Any, store: Any, cfg: MuseConfig, *, retain:
 
 
 def run_from_options(model: Any, tok: Any, store: Any, opts: dict, retain_model: Any, retain_log: Any,
-                     dtype: str, device: str, progress: Optional[bool]) -> tuple:
+                     dtype: str, device: str, progress: Optional[bool], *, trust_remote_code: bool = False) -> tuple:
     """:func:`run_muse` with :func:`mrdkit.evaluation.runner.evaluate`'s options (``data`` = the folder)."""
     from mrdkit.evaluation.runner import _resolve_model
 
@@ -294,5 +294,6 @@ def run_from_options(model: Any, tok: Any, store: Any, opts: dict, retain_model:
                      max_length=opts["max_length"], batch_size=opts["batch_size"])
     retain = retain_log
     if retain_model is not None:
-        retain = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device)
+        retain = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device,
+                                trust_remote_code)
     return run_muse(model, tok, store, cfg, retain=retain, progress=progress)

@@ -12,6 +12,9 @@ Outputs (house rule 7; open-unlearning's ``Evaluator`` for the community files):
 Skipping: a task (one model pass over one split) whose columns are already in ``eval_samples.jsonl`` for every
 sample is not run again unless ``overwrite``; aggregates and derived metrics are always recomputed from the rows
 (cheap), so a new retain reference updates forget quality without touching the model.
+
+The run directory itself (identity check, ``eval_samples.jsonl`` row store, final outputs) is
+:mod:`~mrdkit.evaluation.eval_store`, re-exported here.
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation import tofu
+# re-exported: these lived here before the split, `from mrdkit.evaluation.runner import ...` keeps working
+from mrdkit.evaluation.eval_store import IDENTITY, RowStore, _open_store, _write_outputs
 from mrdkit.evaluation.tofu import Reference, TofuConfig
 
 BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
-# options that change the numbers; a run directory made with other values is refused without overwrite
-IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
-            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens")
 
 
 @dataclass
@@ -56,12 +58,13 @@ class EvalResult:
         return self.metrics[name]["value"]
 
 
-def _resolve_model(model: Any, tokenizer: Any, dtype: str, device: str) -> tuple[Any, Any, str | None]:
+def _resolve_model(model: Any, tokenizer: Any, dtype: str, device: str,
+                   trust_remote_code: bool = False) -> tuple[Any, Any, str | None]:
     """(module, tokenizer, spec) from a spec string, a :class:`~mrdkit.models.LoadedModel` or a module."""
     if isinstance(model, (str, Path)):
         from mrdkit.models import load_model
 
-        lm = load_model(str(model), dtype=dtype, device=device)
+        lm = load_model(str(model), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return lm.model, lm.tokenizer, str(model)
     if hasattr(model, "tokenizer") and hasattr(model, "model"):
         return model.model, model.tokenizer, getattr(model, "spec", None)
@@ -70,53 +73,8 @@ def _resolve_model(model: Any, tokenizer: Any, dtype: str, device: str) -> tuple
     return model, tokenizer, None
 
 
-class RowStore:
-    """Per-sample rows keyed by (split, id), persisted to ``eval_samples.jsonl`` after every task."""
-
-    def __init__(self, out: Path | None, rows: Sequence[dict] = ()):
-        self.out = out
-        self.rows: dict[tuple[str, str], dict[str, Any]] = {(r["split"], r["id"]): dict(r) for r in rows}
-
-    def has(self, split: str, ids: Sequence[str], columns: Sequence[str]) -> bool:
-        """Whether every sample of ``split`` already has every column."""
-        return all(all(c in self.rows.get((split, i), {}) for c in columns) for i in ids)
-
-    def merge(self, split: str, ids: Sequence[str], columns: dict[str, dict[str, Any]]) -> None:
-        for index, sid in enumerate(ids):
-            row = self.rows.setdefault((split, sid), {"id": sid, "split": split, "index": index})
-            row.update(columns.get(sid, {}))
-        self.save()
-
-    def split(self, split: str) -> dict[str, dict[str, Any]]:
-        return {sid: row for (sp, sid), row in self.rows.items() if sp == split}
-
-    def save(self) -> None:
-        if self.out is not None:
-            from mrdkit.runs import atomic_write_jsonl
-
-            atomic_write_jsonl(self.out / "eval_samples.jsonl", list(self.rows.values()))
-
-
-def _open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> RowStore:
-    """Check an existing run directory's identity and load its rows (none when ``overwrite``)."""
-    if out is None:
-        return RowStore(None)
-    from mrdkit.runs import RunDir, read_json, read_jsonl
-
-    rows: list[dict] = []
-    if not overwrite and (out / "config.json").is_file():
-        previous = read_json(out / "config.json")
-        diff = sorted(k for k in IDENTITY if previous.get(k) != identity.get(k))
-        if diff:
-            raise MrdkitError(f"{out} holds an evaluation with other settings (differs in: {', '.join(diff)}); "
-                              f"use --overwrite or another --out")
-        if (out / "eval_samples.jsonl").is_file():
-            rows = read_jsonl(out / "eval_samples.jsonl")
-    RunDir(out, identity, overwrite=True)
-    return RowStore(out, rows)
-
-
-def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, device: str) -> Reference | None:
+def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, device: str,
+               trust_remote_code: bool = False) -> Reference | None:
     """The forget-quality / privleak reference: a retain log, or a retain model evaluated now (forget + holdout
     scoring passes only, no generation)."""
     if retain_model is not None and retain_log is not None:
@@ -125,7 +83,8 @@ def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, 
         return reference_from_log(retain_log)
     if retain_model is None:
         return None
-    module, tok, spec = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device)
+    module, tok, spec = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device,
+                                       trust_remote_code)
     return tofu.reference_from_model(module, tok, cfg, spec or "in-memory retain model")
 
 
@@ -199,21 +158,6 @@ def _simple_metrics(store: RowStore, data: dict[str, list], benchmark: str) -> d
     return {name: {"value": value, "higher_is_better": hib, "n": len(rows)}}
 
 
-def _write_outputs(out: Path, result: EvalResult) -> None:
-    """``eval.json`` (forget truth ratios per sample: a retain log), community files, ``DONE.json``."""
-    from mrdkit.evaluation.community import write_community
-    from mrdkit.runs import atomic_write_json
-
-    metrics = {k: dict(v) for k, v in result.metrics.items()}
-    if "forget_truth_ratio" in metrics:
-        metrics["forget_truth_ratio"]["per_sample"] = {r["id"]: r["truth_ratio"] for r in result.rows
-                                                       if r["split"] == "forget" and "truth_ratio" in r}
-    atomic_write_json(out / "eval.json", {"metrics": metrics, "meta": result.meta})
-    if result.community is not None:
-        write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"] == "muse-news" else "TOFU")
-    atomic_write_json(out / "DONE.json", {"seconds": result.meta["seconds"]})
-
-
 def _run_simple(model: Any, tok: Any, benchmark: str, samples: list, store: RowStore, opts: dict) -> dict:
     """MCQ accuracy or perplexity (one task); skipped when its rows exist."""
     from mrdkit.evaluation import mcq
@@ -249,6 +193,7 @@ def evaluate(
     max_new_tokens: int = 200, skip_generation: bool = False, limit: int | None = None, overwrite: bool = False,
     mcq_format: str = "letters", mcq_norm: str = "sum", tofu_source: str | None = None, dtype: str = "float32",
     device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
 
@@ -267,7 +212,8 @@ def evaluate(
         skip_generation: skip greedy generation (ROUGE and model utility are then omitted, and noted in meta).
         limit: first ``limit`` samples of each split. overwrite: recompute everything in ``out_dir``.
         mcq_format / mcq_norm: ``letters|text`` prompts, ``sum|mean`` option log-probs.
-        tofu_source: TOFU folder or hub id. dtype / device: for models given as specs.
+        tofu_source: TOFU folder or hub id. dtype / device / trust_remote_code: for models (and the retain
+            model) given as specs; a model's own Python code runs only when ``trust_remote_code`` is set.
         progress: show progress bars (None: on unless ``MRDKIT_PROGRESS=0``).
 
     Returns:
@@ -278,7 +224,7 @@ def evaluate(
     start = time.time()
     if max_length is None and benchmark != "muse-news":
         max_length = 512
-    module, tok, spec = _resolve_model(model, tokenizer, dtype, device)
+    module, tok, spec = _resolve_model(model, tokenizer, dtype, device, trust_remote_code)
     opts = dict(benchmark=benchmark, model=spec, forget_split=forget_split if benchmark == "tofu" else None,
                 data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
@@ -290,14 +236,15 @@ def evaluate(
                      max_length=max_length, max_new_tokens=max_new_tokens, limit=limit)
     if benchmark == "tofu":
         cfg.split_names()  # fail on a bad split before any model pass
-        ref = _reference(retain_model, retain_log, cfg, dtype, device)
+        ref = _reference(retain_model, retain_log, cfg, dtype, device, trust_remote_code)
         data_by_split = _run_tofu(module, tok, cfg, store, skip_generation, progress)
         metrics, notes, community = _tofu_metrics(store, data_by_split, ref, skip_generation)
     elif benchmark == "muse-news":
         from mrdkit.evaluation.muse import run_from_options
 
         data_by_split, metrics, notes, community, ref = run_from_options(module, tok, store, opts, retain_model,
-                                                                         retain_log, dtype, device, progress)
+                                                                         retain_log, dtype, device, progress,
+                                                                         trust_remote_code=trust_remote_code)
     else:
         data_by_split = _run_simple(module, tok, benchmark, _load_data(data, split, limit), store, opts)
         metrics, notes, community, ref = _simple_metrics(store, data_by_split, benchmark), [], None, None

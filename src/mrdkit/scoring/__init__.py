@@ -10,11 +10,11 @@ from mrdkit.scoring.estimators import (ESTIMATORS, Accumulator, AntitheticAccumu
                                        make_accumulator, paper_estimate, relative_change, resume_accumulator)
 from mrdkit.scoring.perturb import Perturber, eval_mode, perturbed, select_parameters
 from mrdkit.scoring.lowmem import LowMemPerturber, make_perturber
-from mrdkit.scoring.mrd import MRDConfig, MRDResult, score_mrd
+from mrdkit.scoring.mrd import MRDConfig, MRDResult, load_mrd_result, score_mrd
 from mrdkit.scoring.proxies import compute_proxies
 
 __all__ = [
-    "ESTIMATORS", "LowMemPerturber", "make_perturber", "MRDConfig", "MRDResult", "score_mrd", "Accumulator", "AntitheticAccumulator", "EngineResult", "EstimateResult", "HutchinsonResult",
+    "ESTIMATORS", "LowMemPerturber", "make_perturber", "MRDConfig", "MRDResult", "load_mrd_result", "score_mrd", "Accumulator", "AntitheticAccumulator", "EngineResult", "EstimateResult", "HutchinsonResult",
     "PaperAccumulator", "Perturber", "accumulator_from_state", "antithetic_estimate", "canonical_batches",
     "compute_proxies", "eager_attention", "eval_mode", "floor_check", "hutchinson_trace", "make_accumulator",
     "paper_estimate", "perturbed", "predicted_curvature", "relative_change", "resume_accumulator", "score_batches",

@@ -294,6 +294,6 @@ def score_mrd_distributed(module: torch.nn.Module, samples: Sequence[Any], token
     out = m._to_result(result, proxies, cfg, timing, run)
     out.diagnostics, out.out_dir = diagnostics, Path(out_dir) if out_dir is not None else None
     if run is not None:
-        m._write_outputs(run, out, result)
+        m.write_outputs(run, out, result.estimate.first_order_values)
     gather_objects(None, world)  # barrier: every rank returns after rank 0 has written the outputs
     return out

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from mrdkit.errors import MrdkitError
+from mrdkit.scoring.results import MRDResult, load_mrd_result, write_outputs
 
 CHECKPOINT = "state/accumulator.safetensors"
 
@@ -73,57 +74,6 @@ class MRDConfig:
             raise MrdkitError(f"perturb_mode must be copy|lowmem and shard draws|samples, got {self.perturb_mode!r}, "
                               f"{self.shard!r}")
         return self
-
-
-@dataclass
-class MRDResult:
-    """Per-sample MRD with its uncertainty, parts, proxies and raw draws (all in the order of ``ids``)."""
-
-    ids: list[str]
-    mrd: torch.Tensor
-    mean: torch.Tensor
-    stderr: torch.Tensor
-    unresolved: torch.Tensor
-    base_logprob: torch.Tensor
-    n_tokens: torch.Tensor
-    draws: torch.Tensor
-    first_order_spread: Optional[torch.Tensor] = None
-    proxies: dict[str, dict[str, float]] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    out_dir: Optional[Path] = None
-
-    def scores(self) -> dict[str, float]:
-        """``{id: mrd}`` (input to MRD-guided samplers)."""
-        return {sid: float(v) for sid, v in zip(self.ids, self.mrd)}
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready row per sample (the ``mrd.jsonl`` schema)."""
-        out = []
-        for i, sid in enumerate(self.ids):
-            row = {"id": sid, "mrd": float(self.mrd[i]), "stderr": float(self.stderr[i]),
-                   "resolved": not bool(self.unresolved[i]), "curvature": float(self.mean[i]),
-                   "base_logprob": float(self.base_logprob[i]), "n_tokens": int(self.n_tokens[i])}
-            if self.first_order_spread is not None:
-                row["first_order_spread"] = float(self.first_order_spread[i])
-            row.update({k: v for k, v in self.proxies.get(sid, {}).items() if k not in row})
-            out.append(row)
-        return out
-
-    def to_pandas(self):
-        """The rows as a ``pandas.DataFrame``."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows())
-
-    def summary(self) -> dict[str, Any]:
-        """Aggregate numbers for ``summary.json``."""
-        mrd = self.mrd.double()
-        return {"n_samples": len(self.ids), "mrd_mean": float(mrd.mean()), "mrd_median": float(mrd.median()),
-                "mrd_min": float(mrd.min()), "mrd_max": float(mrd.max()),
-                "unresolved": int(self.unresolved.sum()), "unresolved_fraction": float(self.unresolved.double().mean()),
-                "config": self.config, "timing": self.timing, "diagnostics": self.diagnostics}
 
 
 def _unwrap(model: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
@@ -179,6 +129,8 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
         raise MrdkitError("no samples to score")
     from mrdkit.scoring.distributed import score_mrd_distributed, wants_distributed
 
+    if resume and out_dir is not None and run_is_finished(out_dir, cfg, samples):
+        return load_mrd_result(out_dir)  # a finished run with the same settings: nothing left to compute
     if wants_distributed(distributed):
         return score_mrd_distributed(module, samples, tokenizer, cfg, out_dir=out_dir, resume=resume,
                                      overwrite=overwrite, progress=progress)
@@ -199,7 +151,7 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     out = _to_result(result, proxies, cfg, timing, run)
     out.diagnostics = diagnostics
     if run is not None:
-        _write_outputs(run, out, result)
+        write_outputs(run, out, result.estimate.first_order_values)
     return out
 
 
@@ -213,14 +165,27 @@ def _resolve_config(config: Optional[MRDConfig], overrides: dict[str, Any]) -> M
     return replace(cfg, **overrides).validate()
 
 
+def run_config(cfg: MRDConfig, samples: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    """The ``config.json`` of a scoring run: settings, sample count and a digest of the sample ids."""
+    return {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples),
+            "ids": _digest("\n".join(s.id for s in samples)), **extra}
+
+
+def run_is_finished(out_dir: str | Path, cfg: MRDConfig, samples: Sequence[Any]) -> bool:
+    """True when ``out_dir`` holds a finished run (``DONE.json``) made with exactly these settings and samples."""
+    from mrdkit.runs import json_roundtrip, read_json
+
+    path = Path(out_dir)
+    return ((path / "DONE.json").is_file() and (path / "config.json").is_file()
+            and read_json(path / "config.json") == json_roundtrip(run_config(cfg, samples)))
+
+
 def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool, **extra: Any):
     if out_dir is None:
         return None
     from mrdkit.runs import RunDir
 
-    ids_digest = _digest("\n".join(s.id for s in samples))
-    config = {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": ids_digest, **extra}
-    run = RunDir(out_dir, config, resume=resume, overwrite=overwrite)
+    run = RunDir(out_dir, run_config(cfg, samples, **extra), resume=resume, overwrite=overwrite)
     if not resume:  # a fresh run must not pick up an earlier attempt's cached proxies or saved draws
         for stale in [run.file("proxies.json"), *run.file("state").glob("*.safetensors")]:
             stale.unlink(missing_ok=True)
@@ -305,22 +270,4 @@ def _to_result(result, proxies, cfg: MRDConfig, timing, run) -> MRDResult:
                      out_dir=run.path if run is not None else None)
 
 
-def _write_outputs(run, out: MRDResult, result) -> None:
-    from safetensors.torch import save_file
-
-    from mrdkit import plots
-    from mrdkit.runs import atomic_path
-
-    rows = out.rows()
-    run.write_jsonl("mrd.jsonl", rows)
-    with atomic_path(run.file("mrd.parquet")) as tmp:
-        out.to_pandas().to_parquet(tmp, index=False)
-    tensors = {"values": out.draws.contiguous()}
-    if result.estimate.first_order_values is not None:
-        tensors["first_order_values"] = result.estimate.first_order_values.contiguous()
-    with atomic_path(run.file("draws.safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"ids": json.dumps(out.ids)})
-    run.write_json("summary.json", out.summary())
-    plots.histogram([r["mrd"] for r in rows], run.file("mrd_hist.png"), title=f"MRD ({out.config['estimator']})",
-                    xlabel="MRD (high = easy to unlearn)", log=True)
-    run.mark_finished(out.summary())
+__all__ = ["MRDConfig", "MRDResult", "load_mrd_result", "run_config", "run_is_finished", "score_mrd"]

@@ -1,0 +1,160 @@
+"""Setting up an :func:`~mrdkit.unlearning.loop.unlearn` run: input checks, the method, accelerate (DDP only, no
+sharded modes), AdamW, the resolved ``config.json`` and :func:`_build`, which assembles the
+:class:`~mrdkit.unlearning.training.RunState` in the order that matters (reference copy and MRD scores from the
+start model, before LoRA and any checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mrdkit.data import Sample, check_unique_ids, load_idk
+from mrdkit.errors import MrdkitError
+from mrdkit.models import clone_frozen, resolve_device
+from mrdkit.runs import RunDir
+from mrdkit.unlearning import feed as F
+from mrdkit.unlearning.checkpoint import latest_checkpoint
+from mrdkit.unlearning.config import LrSchedule, UnlearnConfig
+from mrdkit.unlearning.lora import apply_lora, trainable_parameters
+from mrdkit.unlearning.methods import UnlearnMethod, build_method
+from mrdkit.unlearning.samplers import SAMPLERS
+from mrdkit.unlearning.training import RunState
+
+
+# --------------------------------------------------------------------------------------------------- setup
+
+
+def _method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
+    if isinstance(method, UnlearnMethod):
+        if cfg.method_kwargs:
+            raise MrdkitError("method_kwargs apply to a method name, not to a method instance")
+        return method
+    return build_method(method, **cfg.method_kwargs)
+
+
+def _check_inputs(forget, retain, method: UnlearnMethod, sampler, out_dir, resume: bool, idk) -> None:
+    if not forget:
+        raise MrdkitError("the forget set is empty")
+    if method.needs_idk and idk is not None and not idk:
+        raise MrdkitError(f"method {method.name!r} needs at least one 'I don't know' answer (idk=)")
+    check_unique_ids(forget, "the forget set")
+    if method.needs_retain and not retain:
+        raise MrdkitError(f"method {method.name!r} needs retain data (retain= / --retain), or set alpha=0")
+    if isinstance(sampler, str):
+        SAMPLERS.get(sampler)  # did-you-mean before any heavy work
+    if resume and out_dir is None:
+        raise MrdkitError("resume=True needs out_dir (the run directory to resume)")
+    _warn_overlap(forget, retain)
+
+
+def _warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> None:
+    """Warn when forget samples are also retain samples (same id, or same prompt and answer): the retain term then
+    trains back what the forget term removes."""
+    if not retain:
+        return
+    ids, texts = {s.id for s in retain}, {(s.prompt, s.answer) for s in retain}
+    both = [s.id for s in forget if s.id in ids or (s.prompt, s.answer) in texts]
+    if both:
+        warnings.warn(f"{len(both)} of {len(forget)} forget samples are also in the retain set (same id or text), "
+                      f"e.g. {both[0]!r}: the retain term will train them back", UserWarning, stacklevel=3)
+
+
+def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # RMU reads one layer's activations: parameters above it get no gradient, which DDP must be told about
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if method.needs_activations else []
+    acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
+    check_distributed_type(acc.distributed_type)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != world:  # each rank would train alone on the full stream and race on out_dir
+        raise MrdkitError(f"launched as {world} processes but accelerate runs {acc.num_processes}: its state was "
+                          f"set up before unlearn() with another device choice (e.g. PartialState() without cpu=True "
+                          f"on a CPU run); let unlearn() create it")
+    return acc
+
+
+SHARDED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
+
+
+def check_distributed_type(kind: Any) -> None:
+    """Refuse accelerate modes that shard parameters (DeepSpeed ZeRO, FSDP, Megatron-LM).
+
+    The loop saves ``trainable_parameters`` and the AdamW state straight to safetensors, clips with a global norm
+    over the local parameters and writes ``model/`` with ``save_pretrained``: under sharding each process holds
+    only a slice, so checkpoints and the final model would be incomplete (docs/robustness.md). DDP (MULTI_GPU,
+    MULTI_CPU) keeps a full replica per process and is supported.
+    """
+    name = getattr(kind, "name", None) or str(kind).rsplit(".", 1)[-1]
+    if name.upper() in SHARDED:
+        raise MrdkitError(f"mrd unlearn runs data-parallel (DDP) only; accelerate is configured for {name}, whose "
+                          f"sharded parameters its checkpoints and final save cannot hold: launch with "
+                          f"--multi_gpu (DDP), or see docs/robustness.md for DeepSpeed / FSDP")
+
+
+def _optimizer(params: Mapping[str, torch.nn.Parameter], cfg: UnlearnConfig) -> torch.optim.AdamW:
+    """AdamW with decoupled decay on matrices only (not biases / norm weights), as the HF Trainer does."""
+    groups = [{"params": [p for p in params.values() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params.values() if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def _sampler_name(sampler: Any) -> str:
+    return sampler if isinstance(sampler, str) else type(sampler).__name__
+
+
+def _digest(values: Sequence[Any]) -> str:
+    return hashlib.blake2b("\n".join(map(repr, values)).encode(), digest_size=8).hexdigest()
+
+
+def _run_config(cfg, method, sampler, forget, retain, scores, source, targets, meta) -> dict[str, Any]:
+    """The resolved config stored in ``config.json``; ``--resume`` refuses a run whose config differs."""
+    data = {"forget": {"n": len(forget), "ids": _digest([s.id for s in forget])},
+            "retain": {"n": len(retain or []), "ids": _digest([s.id for s in retain or []])}}
+    return {"unlearn": dataclasses.asdict(cfg), "method": method.hparams(),
+            "sampler": _sampler_name(sampler), "data": data,
+            "scores": {"source": source, "digest": _digest(scores) if scores else None},
+            "lora_targets": targets, **dict(meta or {})}
+
+
+def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
+           cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta):
+    """Reference, scores, LoRA, run directory, sampler, batches, optimizer, schedule and accelerate, in the order
+    that matters: the reference copy and the MRD scores see the start model, before LoRA and any checkpoint."""
+    acc = _accelerator(cfg, meth)
+    ref = None
+    if meth.needs_reference:
+        ref = (ref_model if ref_model is not None else clone_frozen(model)).to(acc.device).eval()
+    init_scores, source, scorer = F.initial_scores(sampler, scores, forget, model, tokenizer, cfg)
+    targets = None
+    if cfg.lora is not None:
+        model, targets = apply_lora(model, cfg.lora, cfg.seed)
+    params = trainable_parameters(model)
+    if not params:
+        raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
+    config = _run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta)
+    run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
+    ckpt = latest_checkpoint(run_dir.path) if resume else None
+    resumed = json.loads((ckpt / "state.json").read_text()) if ckpt else None
+    smp = F.sampler_for(sampler, init_scores, scorer, cfg, len(forget), acc, resumed)
+    feed = F.Feed(forget, F.encode(forget, tokenizer, cfg), F.encode(retain, tokenizer, cfg) if meth.needs_retain
+                  else None, (list(idk) if idk is not None else load_idk()) if meth.needs_idk else None,
+                  tokenizer, cfg, acc.process_index)
+    total = F.total_steps(smp, cfg)
+    optimizer = _optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(total, cfg.warmup_for(total), cfg.schedule))
+    model.train(cfg.train_mode)
+    prepared, prepared_opt = acc.prepare(model, optimizer)
+    panel = F.encode(F.monitor_subset(retain, cfg.monitor_retain), tokenizer, cfg) if retain else []
+    r = RunState(cfg, acc, prepared, acc.unwrap_model(prepared), ref, meth, feed, smp, prepared_opt, scheduler,
+                 params, total, run_dir, [], None, panel)
+    info = {"method": meth.name, "sampler": _sampler_name(sampler), "scores": source, "lora_targets": targets}
+    return r, ckpt, optimizer, info
