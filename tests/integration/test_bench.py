@@ -78,6 +78,7 @@ def test_samplers_quick(tmp_path):
     assert all(r["forget_Q_A_Prob"] is not None for r in results["runs"])
     report = render_report(tmp_path).read_text()
     assert "CGA improves unlearning completeness" in report
+    assert results["stop_prob"] is None and "Every run used the full budget" in report
     # model utility needs generated answers (ROUGE), which SMALL_SAMPLERS skips: no bars for it
     for name in ("curve_forget_ga.png", "curve_retain_ga.png", "bars_forget_Q_A_Prob.png", "bars_forget_quality.png"):
         assert (tmp_path / "samplers" / name).stat().st_size > 0 and f"`samplers/{name}`" in report
@@ -115,3 +116,17 @@ def test_other_experiments_quick(tmp_path, name, options):
         assert (tmp_path / name / "stability_vs_passes.png").exists()
     if name == "selection":
         assert {r["subset"] for r in results["rows"]} == {"easiest", "hardest", "random"}
+
+
+def test_characteristics_verdict_accounts_for_length_and_loss():
+    from mrdkit.bench.characteristics import _verdict
+
+    def row(lo, hi, partial=None, p=None):
+        return {"ci_low": lo, "ci_high": hi, "partial_spearman": partial, "partial_p": p}
+
+    assert _verdict(row(-0.5, -0.2, -0.3, 0.001)) == "yes"
+    assert _verdict(row(-0.5, -0.2, -0.05, 0.6)) == "partly (not beyond length and loss)"
+    assert _verdict(row(-0.2, 0.1, -0.25, 0.01)) == "partly (only with length and loss held fixed)"
+    assert _verdict(row(-0.2, 0.1, 0.1, 0.3)) == "not resolved"
+    assert _verdict(row(0.1, 0.4, -0.3, 0.001)) == "no (opposite sign)"
+    assert _verdict(row(-0.5, -0.2)) == "yes"  # runs made before partial correlations existed

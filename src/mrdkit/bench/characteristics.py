@@ -116,7 +116,9 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
     by = {r["feature"]: r for r in results["table"]}
     claims = []
     for feature, label in (("frequency", "High-frequency samples are harder (lower MRD)"),
-                           ("author_association", "Strongly associated samples are harder (lower MRD)")):
+                           ("author_association", "Strongly associated samples are harder (lower MRD): same author"),
+                           ("retain_association", "Strongly associated samples are harder (lower MRD): other "
+                                                  "authors' QA")):
         r = by[feature]
         claims.append({"claim": label, "paper": "qualitative",
                        "ours": f"Spearman(MRD, {feature}) {fmt(r['spearman'])} [{fmt(r['ci_low'])}, "
@@ -132,13 +134,15 @@ def _partial_text(row: dict[str, Any]) -> str:
 
 
 def _verdict(row: dict[str, Any]) -> str:
-    """yes: negative with a CI below 0 and still negative (p < 0.05) given length and loss; partly: only raw."""
+    """yes: negative with a CI below 0 and still negative (p < 0.05) given length and loss; partly: only one of
+    the two holds."""
     lo, hi = row["ci_low"], row["ci_high"]
     if lo is not None and lo > 0:
         return "no (opposite sign)"
-    if hi is None or hi >= 0:
-        return "not resolved"
     partial, p = row.get("partial_spearman"), row.get("partial_p")
-    if partial is None or (partial < 0 and p is not None and p < 0.05):
+    partial_holds = partial is not None and partial < 0 and p is not None and p < 0.05
+    if hi is None or hi >= 0:
+        return "partly (only with length and loss held fixed)" if partial_holds else "not resolved"
+    if partial is None or partial_holds:
         return "yes"
     return "partly (not beyond length and loss)"

@@ -33,6 +33,13 @@ def _plan(ctx: BenchContext) -> tuple[list[str], list[str], int]:
     return list(methods), list(samplers), seeds
 
 
+def stop_prob(ctx: BenchContext) -> float | None:
+    """Option ``stop_prob``: stop each run once the forget-set mean answer probability is <= this (an
+    equal-forgetting comparison: utility at the same forgetting); None = the paper's fixed budget."""
+    value = ctx.options.get("stop_prob")
+    return None if value is None else float(value)
+
+
 def eval_settings(ctx: BenchContext) -> dict[str, Any]:
     """TOFU-suite settings for the testbed: forget01, the first ``eval_limit`` rows of every split (the retain
     rows are training rows of both models), greedy generation (shorter in quick runs)."""
@@ -73,6 +80,7 @@ def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: di
     cfg = UnlearnConfig(lr=float(ctx.options.get("lr", TINY_LR.get(method, 2e-4))),
                         epochs=int(ctx.options.get("epochs", ctx.size(2, 5))), batch_size=4, seed=seed,
                         stop_check_every=2, monitor_retain=32, checkpoint_every=None, train_mode=False,
+                        stop_prob=stop_prob(ctx),
                         method_kwargs={"alpha": 1.0} if method == "npo" else {})
     tic = time.perf_counter()
     res = unlearn(loaded.model, loaded.tokenizer, data["forget"], data["retain"], method=method, sampler=sampler,
@@ -113,6 +121,7 @@ def samplers(ctx: BenchContext) -> dict[str, Any]:
                 ctx.log(f"samplers: {method} x {sampler} seed {seed}")
                 rows.append(_one_run(ctx, method, sampler, seed, mrd.scores(), ref))
     return {"methods": methods, "samplers": sampler_names, "seeds": seeds, "mrd_cost_s": mrd_cost,
+            "stop_prob": stop_prob(ctx),
             "forget_target": FORGET_TARGET, "runs": [{k: v for k, v in r.items() if k != "forget_prob_by_id"}
                                                      for r in rows],
             "summary": summarize(rows), "paired": paired_vs_random(rows),
@@ -181,7 +190,9 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
     text = [
         f"Methods {', '.join(results['methods'])}; samplers {', '.join(results['samplers'])}; {results['seeds']} "
         f"seed(s). MRD of the forget set (antithetic) cost {fmt(results['mrd_cost_s'])} s once. `steps_to_target`: "
-        f"first logged step with forget-set mean probability <= {results['forget_target']}.",
+        f"first logged step with forget-set mean probability <= {results['forget_target']}. "
+        + (f"Each run stopped once that probability was <= {results['stop_prob']} (equal-forgetting comparison)."
+           if results.get("stop_prob") is not None else "Every run used the full budget (the paper's protocol)."),
         "", "**Mean over seeds**", "", md_table(results["summary"], cols), "",
         "**Paired differences vs `random` (same seed)**: d = sampler - random; rel = relative %.", "",
         md_table(results["paired"], pcols), "",
