@@ -199,3 +199,33 @@ def test_single_rank_path_and_stale_state_refused(loaded, tmp_path):
     assert torch.equal(more.estimate.values, score_batches(loaded.model, batches, draws=4, sigma=1e-3).estimate.values)
     with pytest.raises(MrdkitError, match="differs in: seed"):
         score_batches_distributed(loaded.model, batches, resume=True, seed=1, **kw)
+
+
+def test_launcher_group_is_torn_down_at_exit(monkeypatch):
+    """A group ``init_distributed`` opens is destroyed by an exit hook (gloo threads alive at exit abort a rank)."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from mrdkit.scoring import dist_comm
+
+    hooks, real_init = [], dist.init_process_group
+    monkeypatch.setattr(atexit, "register", hooks.append)
+    monkeypatch.setattr(dist_comm, "_EXIT_HOOK", [])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert dist_comm.init_distributed() == (0, 1) and hooks == []  # no launcher: nothing opened, nothing to close
+    # a launcher says 2 ranks; this process stands in for rank 0 of a 1-rank group on an in-memory store
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend: real_init(backend, store=dist.HashStore(), rank=0, world_size=1))
+    try:
+        assert dist_comm.init_distributed() == (0, 1) and dist.is_initialized()
+        assert len(hooks) == 1
+        dist_comm.destroy_group_at_exit()
+        assert len(hooks) == 1  # registered once per process
+        hooks[0]()
+        assert not dist.is_initialized()
+        hooks[0]()  # a second call (group already gone) is harmless
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

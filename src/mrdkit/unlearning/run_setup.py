@@ -74,6 +74,10 @@ def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if method.needs_activations else []
     acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
     check_distributed_type(acc.distributed_type)
+    if acc.num_processes > 1:
+        from mrdkit.scoring.dist_comm import destroy_group_at_exit
+
+        destroy_group_at_exit()  # accelerate leaves the group up at exit; see destroy_group_at_exit
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if acc.num_processes != world:  # each rank would train alone on the full stream and race on out_dir
         raise MrdkitError(f"launched as {world} processes but accelerate runs {acc.num_processes}: its state was "
