@@ -82,11 +82,15 @@ def testbed_build(
     out: Optional[str] = typer.Option(None, help="output directory (default: the cache directory)"),
     seed: int = typer.Option(0, help="seed of tokenizer, init and batch order"),
     allow_failed_gates: bool = typer.Option(False, help="keep the models even if a quality gate fails"),
+    restart: bool = typer.Option(False, help="discard an unfinished build instead of resuming it"),
 ) -> None:
-    """Train the target (forget + retain) and retain-only models and check the quality gates."""
+    """Train the target (forget + retain) and retain-only models and check the quality gates.
+
+    An interrupted build resumes when the same command is run again (finished models are kept, the model in
+    training continues from its last epoch)."""
     from mrdkit.testbed import build_testbed
 
-    info = build_testbed(tier, out, seed=seed, allow_failed_gates=allow_failed_gates, log=_log)
+    info = build_testbed(tier, out, seed=seed, allow_failed_gates=allow_failed_gates, log=_log, restart=restart)
     typer.echo(str(info))
 
 

@@ -25,6 +25,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -162,14 +163,25 @@ def _monitor_accuracy(model, tokenizer, monitor: Sequence[Sample], cfg: Finetune
             "monitor_nll": -sum(s.mean_logprob for s in scores) / len(scores)}
 
 
-def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch) -> list[dict[str, Any]]:
+def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckpt) -> list[dict[str, Any]]:
+    """The epoch loop; ``ckpt`` = (folder, fingerprint) saves after every epoch and resumes from the latest."""
+    from mrdkit.finetune_ckpt import load_checkpoint, save_checkpoint
+
     optimizer = make_optimizer(model, cfg)
     total = cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
     history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(cfg.epochs):
+    resumed = load_checkpoint(ckpt[0], model, ckpt[1]) if ckpt else None
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        torch.set_rng_state(resumed.rng)  # the dropout stream continues where it stopped
+        history = resumed.history
+        if history and (history[-1].get("stopped_early") or len(history) == cfg.epochs):
+            return history  # the checkpoint is the finished run
+    step = history[-1]["step"] if history else 0
+    for epoch in range(len(history), cfg.epochs):
         start, nll, tokens, accs = time.perf_counter(), 0.0, 0, []
         lr = scheduler.get_last_lr()[0]
         for b in batch_order(len(batches), cfg.seed, epoch):
@@ -188,6 +200,8 @@ def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch) -> 
         done = _reached(row, cfg, bool(monitor))
         if done:
             row["stopped_early"] = epoch + 1 < cfg.epochs
+        if ckpt:
+            save_checkpoint(ckpt[0], model, optimizer, scheduler, history, ckpt[1])
         if on_epoch is not None:
             on_epoch(row)
         if done:
@@ -205,7 +219,8 @@ def _reached(row: dict[str, Any], cfg: FinetuneConfig, has_monitor: bool) -> boo
 def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], cfg: FinetuneConfig, *,
              monitor: Sequence[Sample] | None = None,
              progress: Callable[[int, int], None] | None = None,
-             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+             on_epoch: Callable[[dict[str, Any]], None] | None = None,
+             checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on ``samples`` with the answer NLL (TOFU's recipe, Maini et al. 2024).
 
     Args:
@@ -217,6 +232,9 @@ def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], 
             epochs (and then drives ``target_accuracy``).
         progress: ``progress(done_steps, total_steps)`` callback.
         on_epoch: called with each epoch's history row as soon as it is complete (logging).
+        checkpoint_dir: save a checkpoint there after every epoch (:mod:`mrdkit.finetune_ckpt`) and, if one is
+            there already, resume from it: the result is bitwise the uninterrupted run's. A checkpoint of another
+            recipe or data is refused.
 
     Returns:
         One dict per epoch: ``epoch``, ``step``, ``lr`` (at the epoch's start), ``train_nll`` (token mean),
@@ -236,6 +254,12 @@ def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "finetune-dropout"))
-            return _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch)
+            ckpt = None
+            if checkpoint_dir is not None:
+                from mrdkit.finetune_ckpt import fingerprint
+
+                ckpt = (Path(checkpoint_dir), fingerprint(cfg.to_dict(), [s.id for s in samples], len(batches),
+                                                          [s.id for s in monitor or []]))
+            return _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckpt)
     finally:
         model.eval()

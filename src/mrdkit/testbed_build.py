@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
 from mrdkit.finetune import finetune, pinned_threads
-from mrdkit.runs import atomic_write_json, provenance
+from mrdkit.runs import atomic_write_json, json_roundtrip, provenance, read_json
 from mrdkit.testbed_recipes import WEIGHTS, WHICH, TestbedRecipe, recipe_for, testbed_splits, tokenizer_texts
 
 
@@ -122,17 +121,39 @@ class TestbedInfo:
 
 
 def _train_one(which: str, recipe: TestbedRecipe, train: list[Sample], texts: list[str], seed: int, progress: bool,
-               log: Callable[[str], None]) -> tuple[Any, list[dict[str, Any]]]:
+               log: Callable[[str], None], checkpoint_dir: Path) -> tuple[Any, list[dict[str, Any]]]:
     from mrdkit.progress import progress_bar
 
     lm, cfg = base_model(recipe, texts, seed), dataclasses.replace(recipe.finetune, seed=seed)
-    with progress_bar(f"{which} model", cfg.epochs, show=progress) as bar:
+    with progress_bar(f"{which} model (steps)", 1, show=progress) as bar:
         def on_epoch(r: dict[str, Any]) -> None:
-            bar(r["epoch"], cfg.epochs)
             log(f"{which} epoch {r['epoch']}: nll {r['train_nll']:.4f} acc {r['train_accuracy']:.4f} "
                 f"({r['seconds']:.1f} s)")
 
-        return lm, finetune(lm.model, lm.tokenizer, train, cfg, on_epoch=on_epoch)
+        return lm, finetune(lm.model, lm.tokenizer, train, cfg, on_epoch=on_epoch, progress=bar,
+                            checkpoint_dir=checkpoint_dir)
+
+
+def _open_partial(out: Path, recipe: TestbedRecipe, seed: int, restart: bool, log: Callable[[str], None]) -> Path:
+    """The work folder ``.partial-<name>`` beside ``out``: created, or reused to resume an unfinished build.
+
+    It holds ``build.json`` (tier, seed, recipe), each finished model with ``<which>.done.json``, and the epoch
+    checkpoints of the model in training (``<which>.ckpt``). Another build's folder is refused, not overwritten:
+    it may hold hours of training (``restart`` discards it)."""
+    part = out.with_name(f".partial-{out.name}")
+    want = json_roundtrip({"tier": recipe.tier, "seed": seed, "recipe": dataclasses.asdict(recipe)})
+    if restart:
+        shutil.rmtree(part, ignore_errors=True)
+    have = read_json(part / "build.json") if (part / "build.json").is_file() else None
+    if have is not None and have != want:
+        diff = sorted(k for k in ("tier", "seed", "recipe") if have.get(k) != want[k])
+        raise MrdkitError(f"{part} holds an unfinished build with other settings (differs in: {', '.join(diff)}); "
+                          f"rerun those settings to resume it, or pass --restart to discard it")
+    if have is not None:
+        log(f"resuming the unfinished build in {part}")
+    part.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(part / "build.json", want)
+    return part
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -148,10 +169,17 @@ def _build_into(tmp: Path, recipe: TestbedRecipe, splits: dict[str, list[Sample]
     data, models = {"target": splits["retain"] + splits["forget"], "retain": splits["retain"]}, {}
     with pinned_threads(recipe.num_threads):
         for which in WHICH:
-            lm, history = _train_one(which, recipe, data[which], texts, seed, progress, log)
+            done = tmp / f"{which}.done.json"
+            if done.is_file():  # trained and saved by an earlier, interrupted invocation
+                models[which] = read_json(done)
+                log(f"{which} model: already trained ({models[which]['epochs']} epochs), kept")
+                continue
+            lm, history = _train_one(which, recipe, data[which], texts, seed, progress, log, tmp / f"{which}.ckpt")
             _save(lm, tmp / which, recipe.save_dtype)
             models[which] = {"n_params": lm.n_params, "epochs": len(history), "history": history,
                              "train_ids": [s.id for s in data[which]]}
+            atomic_write_json(done, models[which])
+            shutil.rmtree(tmp / f"{which}.ckpt", ignore_errors=True)
             del lm  # one model in memory at a time (matters for smollm2)
         loaded = {w: load_model(tmp / w, dtype="float32", device="cpu") for w in WHICH}
         metrics = measure(loaded["target"], loaded["retain"], splits, recipe.finetune.template,
@@ -165,7 +193,7 @@ def _build_into(tmp: Path, recipe: TestbedRecipe, splits: dict[str, list[Sample]
 
 def build_testbed(tier: str = "tiny", out_dir: str | os.PathLike | None = None, *, seed: int = 0,
                   progress: bool = True, recipe: TestbedRecipe | None = None, allow_failed_gates: bool = False,
-                  log: Callable[[str], None] | None = None) -> TestbedInfo:
+                  log: Callable[[str], None] | None = None, restart: bool = False) -> TestbedInfo:
     """Build the target and retain models of ``tier``, check the gates, write ``testbed.json``.
 
     Args:
@@ -178,6 +206,9 @@ def build_testbed(tier: str = "tiny", out_dir: str | os.PathLike | None = None, 
         allow_failed_gates: keep a testbed whose gates fail; otherwise it is moved to ``<out_dir>.failed`` and
             :class:`MrdkitError` is raised naming the failed gates.
         log: receives one line per epoch and the gate summary (default: silent).
+        restart: discard an unfinished build of ``out_dir`` instead of resuming it. Without it, an interrupted
+            build (``.partial-<name>`` beside ``out_dir``) resumes: finished models are kept and the one in
+            training continues from its last epoch checkpoint, bitwise as if never interrupted.
     """
     from mrdkit.paths import cache_dir
 
@@ -185,16 +216,18 @@ def build_testbed(tier: str = "tiny", out_dir: str | os.PathLike | None = None, 
     out = Path(out_dir) if out_dir is not None else cache_dir() / "testbed" / recipe.tier
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    tmp = _open_partial(out, recipe, seed, restart, log)
     try:
         meta = _build_into(tmp, recipe, testbed_splits(recipe), seed, progress, log)
-        meta.update(build_seconds=time.perf_counter() - start, provenance=provenance())
-        atomic_write_json(tmp / "testbed.json", meta)
-        for f in [tmp, *tmp.rglob("*")]:  # temp-file writers leave 0600/0700: a testbed is shipped data
-            os.chmod(f, 0o755 if f.is_dir() else 0o644)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"build interrupted; the finished work is kept in {tmp}: rerun the same command to resume")
         raise
+    for bookkeeping in (tmp / "build.json", *(tmp / f"{w}.done.json" for w in WHICH)):
+        bookkeeping.unlink()
+    meta.update(build_seconds=time.perf_counter() - start, provenance=provenance())
+    atomic_write_json(tmp / "testbed.json", meta)
+    for f in [tmp, *tmp.rglob("*")]:  # temp-file writers leave 0600/0700: a testbed is shipped data
+        os.chmod(f, 0o755 if f.is_dir() else 0o644)
     info = TestbedInfo(recipe.tier, out, meta)
     log(format_gates(info.gates))
     if not info.passed and not allow_failed_gates:

@@ -289,3 +289,12 @@ def test_diverging_unlearning_stops_and_keeps_the_last_good_checkpoint(tmp_path)
     assert not (run_dir / "DONE.json").exists()
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
+
+
+def test_testbed_build_refuses_an_unfinished_build_of_other_settings(tmp_path):
+    part = tmp_path / ".partial-tb"
+    part.mkdir()
+    (part / "build.json").write_text('{"tier": "tiny", "seed": 7, "recipe": {}}')
+    proc = run_cli_inprocess("testbed", "build", "--out", tmp_path / "tb")
+    assert_user_error(proc, ".partial-tb", "differs in: recipe, seed", "--restart")
+    assert (part / "build.json").is_file()  # nothing of the unfinished build was touched

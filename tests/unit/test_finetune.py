@@ -134,3 +134,47 @@ def test_bad_config_and_empty_data_are_errors():
         finetune(lm.model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, epochs=0))
     with pytest.raises(MrdkitError, match="at least one"):
         finetune(lm.model, lm.tokenizer, [], CFG)
+
+
+class Stop(Exception):
+    """Stands in for a crash right after an epoch's checkpoint was written."""
+
+
+def _interrupt_after(epoch: int):
+    def on_epoch(row):
+        if row["epoch"] == epoch:
+            raise Stop
+
+    return on_epoch
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, dropout):
+    cfg = dataclasses.replace(CFG, epochs=4)
+    ref = tiny(dropout=dropout)
+    want = finetune(ref.model, ref.tokenizer, SAMPLES, cfg)
+    lm = tiny(dropout=dropout)
+    with pytest.raises(Stop):
+        finetune(lm.model, lm.tokenizer, SAMPLES, cfg, checkpoint_dir=tmp_path, on_epoch=_interrupt_after(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-2", "latest.json"]  # older epochs dropped
+    fresh, steps = tiny(dropout=dropout), []  # a new process: fresh start weights, loaded from the checkpoint
+    got = finetune(fresh.model, fresh.tokenizer, SAMPLES, cfg, checkpoint_dir=tmp_path,
+                   progress=lambda done, total: steps.append(done))
+    assert same(state(fresh.model), state(ref.model))
+    drop_time = [{k: v for k, v in r.items() if k != "seconds"} for r in got]
+    assert drop_time == [{k: v for k, v in r.items() if k != "seconds"} for r in want]
+    assert steps[0] == 2 * 3 + 1  # resumed at epoch 3's first step (3 batches per epoch)
+    # a finished checkpoint is the result: nothing is trained again
+    again = tiny(dropout=dropout)
+    assert finetune(again.model, again.tokenizer, SAMPLES, cfg, checkpoint_dir=tmp_path) == got
+    assert same(state(again.model), state(ref.model))
+
+
+def test_checkpoint_of_another_recipe_or_data_is_refused(tmp_path):
+    lm = tiny()
+    finetune(lm.model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(MrdkitError, match=r"differs in: config\.lr"):
+        finetune(tiny().model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, epochs=1, lr=1e-3),
+                 checkpoint_dir=tmp_path)
+    with pytest.raises(MrdkitError, match="n_batches, n_samples, samples"):
+        finetune(tiny().model, lm.tokenizer, SAMPLES[:4], dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path)

@@ -120,6 +120,57 @@ def test_default_build_goes_to_the_cache_and_shadows_the_package(tmp_path, monke
     assert info.path == tmp_path / "c" / "testbed" / "tiny" == tb.testbed_dir("tiny")
 
 
+def test_interrupted_build_resumes_to_the_same_bytes(two_builds, tmp_path, monkeypatch):
+    """Killed while training the retain model: the rerun keeps the target, resumes the retain model's epochs."""
+    from mrdkit import finetune_ckpt, testbed_build
+
+    recipe, real_save = recipe_for("tiny", **SMALL), finetune_ckpt.save_checkpoint
+
+    def crash_after_retain_epoch_1(folder, *args):
+        real_save(folder, *args)
+        if folder.name == "retain.ckpt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_ckpt, "save_checkpoint", crash_after_retain_epoch_1)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True,
+                      log=lines.append)
+    part = tmp_path / ".partial-tb"
+    assert sorted(p.name for p in part.iterdir()) == ["build.json", "retain.ckpt", "target", "target.done.json"]
+    assert "rerun the same command to resume" in lines[-1]
+    with pytest.raises(MrdkitError, match=r"other settings \(differs in: seed\)"):
+        build_testbed("tiny", tmp_path / "tb", recipe=recipe, seed=1, progress=False, allow_failed_gates=True)
+    monkeypatch.setattr(finetune_ckpt, "save_checkpoint", real_save)  # the rerun is not interrupted
+    trained, real_finetune = [], testbed_build.finetune
+
+    def recording_finetune(*args, **kwargs):
+        trained.append(kwargs["checkpoint_dir"].name)
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(testbed_build, "finetune", recording_finetune)
+    lines.clear()
+    info = build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True,
+                         log=lines.append)
+    assert trained == ["retain.ckpt"] and lines[0].startswith("resuming the unfinished build")
+    assert [line.split(":")[0] for line in lines if " epoch " in line] == ["retain epoch 2"]  # epoch 1 was kept
+    assert info.meta["files"] == two_builds[0].meta["files"]  # byte-identical to an uninterrupted build
+    assert info.meta["models"]["retain"]["epochs"] == 2
+    assert not part.exists() and sorted(p.name for p in info.path.iterdir()) == ["retain", "target", "testbed.json"]
+
+
+def test_restart_discards_an_unfinished_build(tmp_path):
+    part = tmp_path / ".partial-tb"
+    part.mkdir()
+    (part / "build.json").write_text('{"tier": "tiny", "seed": 5, "recipe": {}}')
+    recipe = recipe_for("tiny", **{**SMALL, "epochs": 1})
+    with pytest.raises(MrdkitError, match="pass --restart to discard it"):
+        build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True)
+    info = build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True,
+                         restart=True)
+    assert info.meta["seed"] == 0 and not part.exists()
+
+
 def test_bad_specs():
     with pytest.raises(MrdkitError, match="unknown testbed model"):
         load_testbed("tiny", "forget")
