@@ -167,3 +167,26 @@ def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
     ref.requires_grad_(False)
     return ref
 
+
+
+def model_fingerprint(model: torch.nn.Module, values_per_tensor: int = 32) -> dict[str, Any]:
+    """A cheap identity of a model's weights, stored in run configs so that resuming a run with other weights
+    (another checkpoint, another dtype, an unlearned copy) is refused instead of mixing two models' numbers.
+
+    ``weights`` hashes, for every parameter in order, its name, shape and dtype, its float64 sum and 2-norm
+    (any change of the weights moves these except by measure-zero coincidence) and ``values_per_tensor``
+    evenly spaced entries. One pass of reductions: ~0.1 s for a 135M model on CPU."""
+    import hashlib
+
+    digest, n_params = hashlib.blake2b(digest_size=8), 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            n_params += flat.numel()
+            picks = flat[:: max(1, flat.numel() // values_per_tensor)][:values_per_tensor]
+            moments = torch.stack([flat.sum(dtype=torch.float64), torch.linalg.vector_norm(flat, dtype=torch.float64)])
+            digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
+            digest.update(torch.cat([moments, picks.double()]).cpu().numpy().tobytes())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    return {"class": type(model).__name__, "dtype": "+".join(dtypes), "n_params": n_params,
+            "weights": digest.hexdigest()}

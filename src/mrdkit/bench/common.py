@@ -41,6 +41,7 @@ def validation_samples(ctx: BenchContext) -> list:
 def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settings: Any):
     """``score_mrd`` into ``ctx.dir/name`` with bench defaults: a finished run with the same settings is loaded,
     an interrupted one resumed, one made with other settings (e.g. changed bench defaults) started afresh."""
+    from mrdkit.models import model_fingerprint
     from mrdkit.runs import json_roundtrip, read_json
     from mrdkit.scoring.mrd import MRDConfig, run_config, score_mrd
 
@@ -48,5 +49,5 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
     stored = out / "config.json"
-    same = stored.is_file() and read_json(stored) == json_roundtrip(run_config(cfg, samples))
+    same = stored.is_file() and read_json(stored) == json_roundtrip(run_config(cfg, samples, model_fingerprint(loaded.model)))
     return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)

@@ -62,8 +62,9 @@ def run_experiment(name: str, out_root: str | Path, *, quick: bool = False, seed
         return read_json(target / "results.json")
     # an unfinished run continues (RunDir refuses it if the config changed); --overwrite starts afresh
     run = RunDir(target, config, resume=not overwrite, overwrite=True)
+    # option dtype: the MRD scoring precision (float64 default; float32 halves the cost on a larger tier's model)
     ctx = BenchContext(dir=run.path, quick=quick, seeds=seeds, tier=tier, options=dict(options or {}),
-                       progress=progress)
+                       progress=progress, dtype=str((options or {}).get("dtype", "float64")))
     tic = time.perf_counter()
     results = entry.obj(ctx)
     results["wall_s"] = time.perf_counter() - tic

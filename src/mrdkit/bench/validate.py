@@ -38,7 +38,7 @@ def _truth(ctx: BenchContext, loaded, samples, name: str, **settings: Any) -> li
     path = Path(ctx.dir) / f"{name}.jsonl"
     # a checkpoint made with other settings (changed defaults or options) is replaced, never mixed in
     return required_updates(loaded.model, loaded.tokenizer, samples, checkpoint_path=path,
-                            resume=checkpoint_is_current(path, samples, **settings), **settings)
+                            resume=checkpoint_is_current(path, samples, loaded.model, **settings), **settings)
 
 
 def chunk_settings(ctx: BenchContext, truth_settings: dict[str, Any], chunk: int) -> dict[str, Any]:

@@ -99,16 +99,23 @@ def _load_checkpoint(path: Path, config: dict, resume: bool) -> list[dict]:
     return []
 
 
-def checkpoint_is_current(checkpoint_path: str | Path, samples: Sequence[Sample], **settings: Any) -> bool:
-    """True when ``checkpoint_path`` was written by :func:`required_updates` with exactly these samples and
-    settings, i.e. it can be resumed (callers that own the file start afresh otherwise)."""
+def checkpoint_is_current(checkpoint_path: str | Path, samples: Sequence[Sample], model: torch.nn.Module,
+                          **settings: Any) -> bool:
+    """True when ``checkpoint_path`` was written by :func:`required_updates` from this ``model`` (same weights)
+    with exactly these samples and settings, i.e. it can be resumed (callers that own the file start afresh
+    otherwise)."""
     from mrdkit.runs import json_roundtrip, read_json
 
     meta = Path(checkpoint_path).with_name(Path(checkpoint_path).name + ".config.json")
     if not (meta.is_file() and Path(checkpoint_path).is_file()):
         return False
-    expected = {**asdict(DifficultyConfig(**settings)), "ids": [s.id for s in samples]}
-    return read_json(meta) == json_roundtrip(expected)
+    return read_json(meta) == json_roundtrip(_checkpoint_config(DifficultyConfig(**settings), samples, model))
+
+
+def _checkpoint_config(cfg: DifficultyConfig, samples: Sequence[Sample], model: torch.nn.Module) -> dict[str, Any]:
+    from mrdkit.models import model_fingerprint
+
+    return {**asdict(cfg), "ids": [s.id for s in samples], "model": model_fingerprint(model)}
 
 
 def required_updates(
@@ -142,7 +149,7 @@ def required_updates(
     cfg = DifficultyConfig(**settings)
     units = _units(samples, cfg.chunk_size)
     path = None if checkpoint_path is None else Path(checkpoint_path)
-    config = {**asdict(cfg), "ids": [s.id for s in samples]}
+    config = _checkpoint_config(cfg, samples, model)  # the start model's fingerprint: resume only from it
     done = {r["id"]: r for r in (_load_checkpoint(path, config, resume) if path else [])}
     from mrdkit.runs import atomic_write_jsonl
 

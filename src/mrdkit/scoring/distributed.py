@@ -199,8 +199,10 @@ def score_mrd_distributed(module: torch.nn.Module, samples: Sequence[Any], token
     from mrdkit.scoring import mrd as m
 
     rank, world = init_distributed(model_device(module))
-    run = on_rank0(lambda: m._open_run(out_dir, cfg, samples, resume, overwrite, world_size=world), rank, world,
-                   share=False)
+    from mrdkit.models import model_fingerprint
+
+    run = on_rank0(lambda: m._open_run(out_dir, cfg, samples, resume, overwrite, model=model_fingerprint(module),
+                                       world_size=world), rank, world, share=False)
     batches = m.make_batches(samples, tokenizer, cfg, module)
 
     def rank0_work(timing: dict[str, float]) -> tuple[Any, Any, dict[str, float]]:

@@ -129,12 +129,15 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
         raise MrdkitError("no samples to score")
     from mrdkit.scoring.distributed import score_mrd_distributed, wants_distributed
 
-    if resume and out_dir is not None and run_is_finished(out_dir, cfg, samples):
+    from mrdkit.models import model_fingerprint
+
+    fingerprint = model_fingerprint(module) if out_dir is not None else None
+    if resume and out_dir is not None and run_is_finished(out_dir, cfg, samples, fingerprint):
         return load_mrd_result(out_dir)  # a finished run with the same settings: nothing left to compute
     if wants_distributed(distributed):
         return score_mrd_distributed(module, samples, tokenizer, cfg, out_dir=out_dir, resume=resume,
                                      overwrite=overwrite, progress=progress)
-    run = _open_run(out_dir, cfg, samples, resume, overwrite)
+    run = _open_run(out_dir, cfg, samples, resume, overwrite, model=fingerprint)
     batches = make_batches(samples, tokenizer, cfg, module)
     timing: dict[str, float] = {}
     proxies = _proxies(module, batches, samples, cfg, run, timing)
@@ -165,27 +168,32 @@ def _resolve_config(config: Optional[MRDConfig], overrides: dict[str, Any]) -> M
     return replace(cfg, **overrides).validate()
 
 
-def run_config(cfg: MRDConfig, samples: Sequence[Any], **extra: Any) -> dict[str, Any]:
-    """The ``config.json`` of a scoring run: settings, sample count and a digest of the sample ids."""
+def run_config(cfg: MRDConfig, samples: Sequence[Any], model: Optional[dict[str, Any]] = None,
+               **extra: Any) -> dict[str, Any]:
+    """The ``config.json`` of a scoring run: settings, sample count, a digest of the sample ids and the model's
+    :func:`~mrdkit.models.model_fingerprint` (so a run is never resumed or reused with other weights)."""
     return {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples),
-            "ids": _digest("\n".join(s.id for s in samples)), **extra}
+            "ids": _digest("\n".join(s.id for s in samples)), "model": model, **extra}
 
 
-def run_is_finished(out_dir: str | Path, cfg: MRDConfig, samples: Sequence[Any]) -> bool:
-    """True when ``out_dir`` holds a finished run (``DONE.json``) made with exactly these settings and samples."""
+def run_is_finished(out_dir: str | Path, cfg: MRDConfig, samples: Sequence[Any],
+                    model: Optional[dict[str, Any]] = None) -> bool:
+    """True when ``out_dir`` holds a finished run (``DONE.json``) made with exactly these settings, samples and
+    model fingerprint."""
     from mrdkit.runs import json_roundtrip, read_json
 
     path = Path(out_dir)
     return ((path / "DONE.json").is_file() and (path / "config.json").is_file()
-            and read_json(path / "config.json") == json_roundtrip(run_config(cfg, samples)))
+            and read_json(path / "config.json") == json_roundtrip(run_config(cfg, samples, model)))
 
 
-def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool, **extra: Any):
+def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool,
+              model: Optional[dict[str, Any]] = None, **extra: Any):
     if out_dir is None:
         return None
     from mrdkit.runs import RunDir
 
-    run = RunDir(out_dir, run_config(cfg, samples, **extra), resume=resume, overwrite=overwrite)
+    run = RunDir(out_dir, run_config(cfg, samples, model, **extra), resume=resume, overwrite=overwrite)
     if not resume:  # a fresh run must not pick up an earlier attempt's cached proxies or saved draws
         for stale in [run.file("proxies.json"), *run.file("state").glob("*.safetensors")]:
             stale.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import torch
 
 from mrdkit.data import Sample, check_unique_ids, load_idk
 from mrdkit.errors import MrdkitError
-from mrdkit.models import clone_frozen, resolve_device
+from mrdkit.models import clone_frozen, model_fingerprint, resolve_device
 from mrdkit.runs import RunDir
 from mrdkit.unlearning import feed as F
 from mrdkit.unlearning.checkpoint import latest_checkpoint
@@ -119,14 +119,15 @@ def _digest(values: Sequence[Any]) -> str:
     return hashlib.blake2b("\n".join(map(repr, values)).encode(), digest_size=8).hexdigest()
 
 
-def _run_config(cfg, method, sampler, forget, retain, scores, source, targets, meta) -> dict[str, Any]:
-    """The resolved config stored in ``config.json``; ``--resume`` refuses a run whose config differs."""
+def _run_config(cfg, method, sampler, forget, retain, scores, source, targets, meta, start) -> dict[str, Any]:
+    """The resolved config stored in ``config.json``; ``--resume`` refuses a run whose config differs, including
+    another start model (``start``: its :func:`~mrdkit.models.model_fingerprint`)."""
     data = {"forget": {"n": len(forget), "ids": _digest([s.id for s in forget])},
             "retain": {"n": len(retain or []), "ids": _digest([s.id for s in retain or []])}}
     return {"unlearn": dataclasses.asdict(cfg), "method": method.hparams(),
             "sampler": _sampler_name(sampler), "data": data,
             "scores": {"source": source, "digest": _digest(scores) if scores else None},
-            "lora_targets": targets, **dict(meta or {})}
+            "lora_targets": targets, "start_model": start, **dict(meta or {})}
 
 
 def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
@@ -138,13 +139,14 @@ def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: U
     if meth.needs_reference:
         ref = (ref_model if ref_model is not None else clone_frozen(model)).to(acc.device).eval()
     init_scores, source, scorer = F.initial_scores(sampler, scores, forget, model, tokenizer, cfg)
+    start = model_fingerprint(model) if out_dir is not None else None  # before LoRA wraps it
     targets = None
     if cfg.lora is not None:
         model, targets = apply_lora(model, cfg.lora, cfg.seed)
     params = trainable_parameters(model)
     if not params:
         raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
-    config = _run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta)
+    config = _run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
     run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
     ckpt = latest_checkpoint(run_dir.path) if resume else None
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt else None
