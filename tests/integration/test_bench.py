@@ -98,7 +98,7 @@ def test_sampler_curves_average_the_seeds_train_logs(tmp_path):
 
 
 @pytest.mark.parametrize("name, options", [
-    ("characteristics", {"n": 6}),
+    ("characteristics", {"n": 6, "draws": 3, "dtype": "float32"}),
     ("sensitivity", {"n": 6, "k_max": 4}),
     ("selection", {"n": 8, "size": 2}),
 ])
@@ -106,7 +106,9 @@ def test_other_experiments_quick(tmp_path, name, options):
     results = run_experiment(name, tmp_path, quick=True, options=options)
     report = render_report(tmp_path).read_text()
     assert f"## {name} (quick run" in report
-    if name == "characteristics":
+    if name == "characteristics":  # the draws and dtype options reach the MRD run
+        mrd_config = json.loads((tmp_path / name / "mrd" / "config.json").read_text())
+        assert mrd_config["mrd"]["draws"] == 3 and mrd_config["model"]["dtype"] == "float32"
         assert {r["feature"] for r in results["table"]} >= {"frequency", "author_association", "loss"}
         by = {r["feature"]: r for r in results["table"]}
         assert by["frequency"]["partial_given"] == "n_tokens+loss" and by["loss"]["partial_given"] == "n_tokens"

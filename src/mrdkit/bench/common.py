@@ -45,7 +45,8 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
     from mrdkit.runs import json_roundtrip, read_json
     from mrdkit.scoring.mrd import MRDConfig, run_config, score_mrd
 
-    base = dict(draws=ctx.size(8, 64), sigma=BENCH_SIGMA, batch_size=16, diagnostics=False, checkpoint_every=4)
+    # option draws: K for a larger tier's model, where the full run's 64 draws cost too much CPU time
+    base = dict(draws=int(ctx.options.get("draws", ctx.size(8, 64))), sigma=BENCH_SIGMA, batch_size=16, diagnostics=False, checkpoint_every=4)
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
     stored = out / "config.json"
