@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.runs import atomic_path, atomic_write_json, read_json
+from mrdkit.runs import atomic_path, atomic_write_json, differing_keys, json_roundtrip, read_json
 
 LATEST = "latest.json"
 
@@ -45,8 +45,7 @@ def _digest(ids: Sequence[str]) -> str:
 class TrainerState:
     """What :func:`load_checkpoint` hands back to the training loop."""
 
-    epoch: int  # epochs completed
-    history: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # one row per completed epoch
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: torch.Tensor
@@ -82,7 +81,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, print_: dict[str, Any]
     if not latest.is_file():
         return None
     saved = read_json(latest)
-    diff = _differences(saved.get("fingerprint", {}), print_)
+    diff = differing_keys(_flatten(saved.get("fingerprint", {})), _flatten(json_roundtrip(print_)))
     if diff:
         raise MrdkitError(f"fine-tune checkpoint {folder} was written for another run (differs in: "
                           f"{', '.join(diff)}); delete it to start afresh")
@@ -97,20 +96,12 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, print_: dict[str, Any]
         for name, param in params.items():
             param.copy_(weights[name])
     trainer = torch.load(where / "trainer.pt", weights_only=True)
-    return TrainerState(int(saved["epoch"]), trainer["history"], trainer["optimizer"], trainer["scheduler"],
-                        trainer["rng"])
-
-
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    flat_saved, flat_now = _flatten(saved), _flatten(now)
-    return sorted(k for k in set(flat_saved) | set(flat_now) if flat_saved.get(k) != flat_now.get(k))
+    return TrainerState(trainer["history"], trainer["optimizer"], trainer["scheduler"], trainer["rng"])
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"lr": 1}}`` -> ``{"config.lr": 1}``, so a refusal names the nested field that differs."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:  # JSON turns tuples into lists: compare as lists
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out

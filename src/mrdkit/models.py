@@ -38,10 +38,10 @@ from mrdkit.models_policy import (  # noqa: F401  (re-exported)
     check_mrd_dtype,
     clone_frozen,
     context_length,
-    model_fingerprint,
     ensure_pad_token,
     finish_loading,
     fit_max_length,
+    model_fingerprint,
     resolve_device,
     resolve_dtype,
 )

@@ -168,7 +168,6 @@ def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-
 def model_fingerprint(model: torch.nn.Module, values_per_tensor: int = 32) -> dict[str, Any]:
     """A cheap identity of a model's weights, stored in run configs so that resuming a run with other weights
     (another checkpoint, another dtype, an unlearned copy) is refused instead of mixing two models' numbers.
@@ -184,7 +183,8 @@ def model_fingerprint(model: torch.nn.Module, values_per_tensor: int = 32) -> di
             flat = param.detach().reshape(-1)
             n_params += flat.numel()
             picks = flat[:: max(1, flat.numel() // values_per_tensor)][:values_per_tensor]
-            moments = torch.stack([flat.sum(dtype=torch.float64), torch.linalg.vector_norm(flat, dtype=torch.float64)])
+            moments = torch.stack([flat.sum(dtype=torch.float64),
+                                   torch.linalg.vector_norm(flat, dtype=torch.float64)])
             digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
             digest.update(torch.cat([moments, picks.double()]).cpu().numpy().tobytes())
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})

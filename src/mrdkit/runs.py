@@ -94,6 +94,12 @@ def json_roundtrip(obj: Any) -> Any:
     return json.loads(dumps(obj))
 
 
+def differing_keys(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Sorted top-level keys whose values differ between two configs (a key missing on one side differs):
+    the "differs in: ..." part of every refusal to resume a run made with other settings."""
+    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file with a one-line error naming the file."""
     path = Path(path)
@@ -214,7 +220,7 @@ class RunDir:
             raise MrdkitError(f"output directory {self.path} is not writable")
         if stored.exists() and resume:
             previous = read_json(stored)
-            diff = sorted(k for k in set(previous) | set(self.config) if previous.get(k) != self.config.get(k))
+            diff = differing_keys(previous, self.config)
             if diff:
                 raise MrdkitError(
                     f"--resume refused: {self.path} was made with a different config (differs in: {', '.join(diff)})"

@@ -19,7 +19,7 @@ import torch
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
 from mrdkit.finetune import finetune, pinned_threads
-from mrdkit.runs import atomic_write_json, json_roundtrip, provenance, read_json
+from mrdkit.runs import atomic_write_json, differing_keys, json_roundtrip, provenance, read_json
 from mrdkit.testbed_recipes import WEIGHTS, WHICH, TestbedRecipe, recipe_for, testbed_splits, tokenizer_texts
 
 
@@ -146,7 +146,7 @@ def _open_partial(out: Path, recipe: TestbedRecipe, seed: int, restart: bool, lo
         shutil.rmtree(part, ignore_errors=True)
     have = read_json(part / "build.json") if (part / "build.json").is_file() else None
     if have is not None and have != want:
-        diff = sorted(k for k in ("tier", "seed", "recipe") if have.get(k) != want[k])
+        diff = differing_keys(have, want)
         raise MrdkitError(f"{part} holds an unfinished build with other settings (differs in: {', '.join(diff)}); "
                           f"rerun those settings to resume it, or pass --restart to discard it")
     if have is not None:

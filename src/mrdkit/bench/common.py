@@ -46,9 +46,11 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
     from mrdkit.scoring.mrd import MRDConfig, run_config, score_mrd
 
     # option draws: K for a larger tier's model, where the full run's 64 draws cost too much CPU time
-    base = dict(draws=int(ctx.options.get("draws", ctx.size(8, 64))), sigma=BENCH_SIGMA, batch_size=16, diagnostics=False, checkpoint_every=4)
+    base = dict(draws=int(ctx.options.get("draws", ctx.size(8, 64))), sigma=BENCH_SIGMA, batch_size=16,
+                diagnostics=False, checkpoint_every=4)
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
     stored = out / "config.json"
-    same = stored.is_file() and read_json(stored) == json_roundtrip(run_config(cfg, samples, model_fingerprint(loaded.model)))
+    wanted = run_config(cfg, samples, model_fingerprint(loaded.model))
+    same = stored.is_file() and read_json(stored) == json_roundtrip(wanted)
     return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)

@@ -86,12 +86,12 @@ def _units(samples: Sequence[Sample], chunk_size: Optional[int]) -> list[tuple[s
 
 def _load_checkpoint(path: Path, config: dict, resume: bool) -> list[dict]:
     """Rows already done (resume) after checking the checkpoint was made with the same settings."""
-    from mrdkit.runs import atomic_write_json, read_json, read_jsonl
+    from mrdkit.runs import atomic_write_json, differing_keys, read_json, read_jsonl
 
     meta = path.with_name(path.name + ".config.json")
     if resume and path.is_file():
         stored = read_json(meta) if meta.is_file() else {}
-        diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        diff = differing_keys(stored, config)
         if diff:
             raise MrdkitError(f"cannot resume {path}: it was made with other settings (differs in: {', '.join(diff)})")
         return read_jsonl(path)

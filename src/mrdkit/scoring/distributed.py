@@ -88,11 +88,13 @@ def load_shard(path: Path, meta: dict[str, Any]) -> dict[int, torch.Tensor]:
     """This rank's saved ``{draw: (S, n_r) values}``; refuses a file made by another plan or settings."""
     from safetensors import safe_open
 
+    from mrdkit.runs import differing_keys
+
     if not path.exists():
         return {}
     with safe_open(str(path), framework="pt") as fh:
         saved, raw, keys = json.loads(fh.metadata()["meta"]), fh.get_tensor("raw"), fh.get_tensor("draws")
-    diff = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
+    diff = differing_keys(saved, meta)
     if diff:
         raise MrdkitError(f"{path} was written by another run or layout (differs in: {', '.join(diff)}); resume "
                           "with the same world size, shard mode and settings, or start afresh")
