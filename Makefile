@@ -1,5 +1,5 @@
 # Two set-up commands (README): `make demo` runs the main job on the embedded default model, offline on CPU;
-# `make test` runs the test suite. Both create/use the local virtual environment .venv.
+# `make test` runs the lint + architecture checks and the test suite. Both create/use the local virtual environment .venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,10 +18,15 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mrd demo
 
-test: install
+# the architecture (import-linter layers, no cycles) and lint (ruff) checks run before the tests
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-.PHONY: install demo test test-slow
+.PHONY: install lint demo test test-slow

@@ -104,7 +104,7 @@ def load_bench_model(spec: str, dtype: str, device: str, split: str):
 
     if spec in ("auto", "testbed"):
         try:
-            from mrdkit.testbed import load_testbed
+            from mrdkit.testbed.tofu import load_testbed
 
             return load_testbed("tiny", "target", dtype=dtype, device=device, for_mrd=True), "testbed:target"
         except (ImportError, MrdkitError):
@@ -134,7 +134,8 @@ def load_bench_inputs(spec: str, dtype: str, device: str, split: str, n: int, ba
 
 def encode(samples: Sequence[Any], tokenizer: Any, batch_size: int) -> list[dict[str, Any]]:
     """Collated batches exactly as ``score_mrd`` builds them, with the reference code's token set ``all``."""
-    from mrdkit.scoring.mrd import MRDConfig, make_batches
+    from mrdkit.scoring.config import MRDConfig
+    from mrdkit.scoring.mrd import make_batches
 
     return make_batches(samples, tokenizer, MRDConfig(token_set="all", batch_size=batch_size))
 

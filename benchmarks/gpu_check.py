@@ -101,8 +101,7 @@ def forward_check(model, base, device, repeats: int) -> dict[str, float]:
 def noise_share(model, base, device, draws: int) -> dict[str, float]:
     """Time of noise + restore vs forward per draw-sign, for copy mode (apply/restore) and lowmem (armed hooks)."""
     from mrdkit.scoring.engine import relative_changes
-    from mrdkit.scoring.lowmem import LowMemPerturber
-    from mrdkit.scoring.perturb import Perturber
+    from mrdkit.scoring.perturb import LowMemPerturber, Perturber
 
     t_apply = t_restore = t_fwd = t_low = 0.0
     with Perturber(model, sigma=SIGMA) as pert:
@@ -173,9 +172,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import transformers
 
     from mrdkit.models import resolve_device
+    from mrdkit.scoring.config import MRDConfig
     from mrdkit.scoring.engine import base_pass
-    from mrdkit.scoring.lowmem import largest_group_bytes
-    from mrdkit.scoring.mrd import MRDConfig, make_batches
+    from mrdkit.scoring.mrd import make_batches
+    from mrdkit.scoring.perturb import largest_group_bytes
 
     tic = time.perf_counter()
     device = resolve_device(args.device)

@@ -51,7 +51,7 @@ def _param_bytes(model) -> dict[str, float]:
     out = {"params_mib": sum(p.numel() * p.element_size() for p in params) / 2**20,
            "largest_param_mib": max(p.numel() * p.element_size() for p in params) / 2**20}
     try:
-        from mrdkit.scoring.lowmem import largest_group_bytes
+        from mrdkit.scoring.perturb import largest_group_bytes
 
         out["lowmem_clone_mib"] = largest_group_bytes(model)["lowmem"] / 2**20
     except ImportError:

@@ -98,10 +98,11 @@ def run_mrdkit(model, batches, args, device) -> dict[str, Any]:
 
 def forward_batches(model, batches, device) -> list[dict]:
     """mrdkit's canonical batches (the ones its draws evaluate), already on the device."""
-    from mrdkit.scoring.engine import canonical_batches, max_positions
+    from mrdkit.models import context_length
+    from mrdkit.scoring.engine import canonical_batches
 
     return [{k: v.to(device) if hasattr(v, "to") else v for k, v in b.items()}
-            for b in canonical_batches(batches, 8, max_positions(model))[0]]
+            for b in canonical_batches(batches, 8, context_length(model))[0]]
 
 
 def run_forward(model, canon, passes: int, device) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class CliResult:
 def run_cli_inprocess(*args: str) -> CliResult:
     """``mrd ARGS`` through the same entry point (:func:`mrdkit.cli.main`) in this process: no 5-10 s interpreter
     start. Warnings are printed as the CLI prints them (``warning: ...`` on stderr), every time."""
-    from mrdkit.cli import main
+    from mrdkit.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

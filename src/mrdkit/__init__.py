@@ -3,7 +3,9 @@
 Implements and extends Feng et al., "A Neuro-inspired Interpretation of Unlearning in Large Language Models
 through Sample-level Unlearning Difficulty", arXiv:2504.06658 (2025).
 
-The top-level names are imported lazily so ``import mrdkit`` stays cheap (no torch until needed).
+The top-level names are imported lazily so ``import mrdkit`` stays cheap (no torch until needed). ``load_model``
+is the full model-spec resolver (testbed names included, :mod:`mrdkit.testbed.specs`). The package map is in
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ _LAZY = {
     "Sample": "mrdkit.data",
     "load_samples": "mrdkit.data",
     "load_tofu": "mrdkit.data",
-    "load_model": "mrdkit.models",
+    "load_model": "mrdkit.testbed.specs",
     "token_logprobs": "mrdkit.logprob",
-    "score_mrd": "mrdkit.scoring",
-    "MRDResult": "mrdkit.scoring",
-    "load_mrd_result": "mrdkit.scoring",
-    "unlearn": "mrdkit.unlearning",
-    "evaluate": "mrdkit.evaluation",
+    "score_mrd": "mrdkit.scoring.mrd",
+    "MRDResult": "mrdkit.scoring.mrd",
+    "MRDConfig": "mrdkit.scoring.config",
+    "load_mrd_result": "mrdkit.scoring.mrd",
+    "unlearn": "mrdkit.unlearning.loop",
+    "UnlearnConfig": "mrdkit.unlearning.config",
+    "evaluate": "mrdkit.evaluation.runner",
     "MrdkitError": "mrdkit.errors",
 }
 

@@ -1,5 +1,5 @@
 """``python -m mrdkit`` = the ``mrd`` command."""
 
-from mrdkit.cli import main
+from mrdkit.cli.app import main
 
 main()

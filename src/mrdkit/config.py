@@ -108,6 +108,18 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C
     return cls(**kwargs)
 
 
+def parse_pairs(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["beta=0.1", "mode=softmax"]`` -> ``{"beta": 0.1, "mode": "softmax"}`` (values: :func:`parse_scalar`); an
+    item without ``=`` or without a key is a one-line error naming ``flag``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MrdkitError(f"{flag} {item!r} is not of the form key=value")
+        out[key.strip()] = parse_scalar(raw.strip())
+    return out
+
+
 def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     """Apply ``a.b=value`` overrides to a dataclass instance, returning a new instance."""
     for item in overrides:
@@ -128,13 +140,14 @@ def _set_path(obj: Any, parts: list[str], raw: str, full: str) -> Any:
         if not dataclasses.is_dataclass(child):
             raise MrdkitError(f"config key {full!r}: {head!r} has no sub-keys")
         return dataclasses.replace(obj, **{head: _set_path(child, rest, raw, full)})
-    value = _parse_scalar(raw)
+    value = parse_scalar(raw)
     if _strip_optional(types_[head]) is str and value is not None and not isinstance(value, str):
         value = raw  # a text field keeps the text as typed: "no" is not False, "1.10" is not 1.1
     return dataclasses.replace(obj, **{head: coerce(value, types_[head], full)})
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_scalar(raw: str) -> Any:
+    """A ``key=value`` value read as a YAML scalar (``1e-3`` -> float, ``true`` -> bool), else the text as typed."""
     import yaml
 
     try:

@@ -43,7 +43,7 @@ class TokenLogProbs:
         """Length-normalised log-likelihood ``(1/n) sum_t ell_t`` per sample (0 for empty rows), shape (B,)."""
         return self.sum() / self.count().clamp(min=1).to(self.values.dtype)
 
-    def detach(self) -> "TokenLogProbs":
+    def detach(self) -> TokenLogProbs:
         """A copy without autograd history."""
         return TokenLogProbs(self.values.detach(), self.mask, self.correct)
 

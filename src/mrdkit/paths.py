@@ -44,7 +44,8 @@ def embedded_tofu_dir() -> Path:
 
 
 def default_tofu_file(filename: str) -> Path:
-    """``filename`` (e.g. ``forget01.json``) from the local TOFU folder, else from the embedded subset, else a one-line error."""
+    """``filename`` (e.g. ``forget01.json``) from the local TOFU folder, else from the embedded subset, else a
+    one-line error."""
     try:
         local = tofu_dir() / filename
     except MrdkitError:

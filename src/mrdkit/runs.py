@@ -94,10 +94,44 @@ def json_roundtrip(obj: Any) -> Any:
     return json.loads(dumps(obj))
 
 
-def differing_keys(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """Sorted top-level keys whose values differ between two configs (a key missing on one side differs):
-    the "differs in: ..." part of every refusal to resume a run made with other settings."""
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"lr": 1}}`` -> ``{"config.lr": 1}``, so a refusal names the nested field that differs."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def differing_keys(stored: Mapping[str, Any], wanted: Mapping[str, Any], *, nested: bool = False) -> list[str]:
+    """Sorted keys whose values differ between two configs (a key missing on one side differs); ``nested``
+    compares the flattened dotted keys (``config.lr``) instead of the top-level ones."""
+    stored, wanted = json_roundtrip(stored), json_roundtrip(wanted)
+    if nested:
+        stored, wanted = flatten(stored), flatten(wanted)
     return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+
+
+def refuse_if_differs(stored: Mapping[str, Any], wanted: Mapping[str, Any], what: str, hint: str, *,
+                      nested: bool = False) -> None:
+    """The one refusal to continue work made with other settings: ``MrdkitError("<what> (differs in: a, b);
+    <hint>")`` when the two configs differ, nothing when they agree."""
+    diff = differing_keys(stored, wanted, nested=nested)
+    if diff:
+        raise MrdkitError(f"{what} (differs in: {', '.join(diff)}); {hint}")
+
+
+def config_matches(path: str | Path, config: Mapping[str, Any]) -> bool:
+    """Whether the JSON file ``path`` exists and holds exactly ``config`` (after a JSON round trip)."""
+    path = Path(path)
+    return path.is_file() and read_json(path) == json_roundtrip(config)
+
+
+def digest(values: Iterable[Any]) -> str:
+    """A short stable hash of a sequence of values (sample ids, scores): the identity of a data set in a run's
+    config, so that ``--resume`` refuses another set with the same size."""
+    import hashlib
+
+    return hashlib.blake2b("\n".join(map(repr, values)).encode(), digest_size=8).hexdigest()
 
 
 def read_json(path: str | Path) -> Any:
@@ -184,6 +218,17 @@ def sweep_temp_files(root: str | Path) -> list[Path]:
     return removed + folders
 
 
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished folder ``src`` to ``dst``, replacing an old ``dst`` only once the new one is complete
+    (rename away, rename in, delete the old): a crash leaves the old or the new folder, never half of one."""
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
+    if dst.exists():
+        os.rename(dst, old)
+    os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def safe_join(root: str | Path, name: str) -> Path:
     """``root / name`` where ``name`` may not escape ``root`` (no absolute paths, no ``..``)."""
     root = Path(root).resolve()
@@ -193,8 +238,28 @@ def safe_join(root: str | Path, name: str) -> Path:
     return target
 
 
+RUN_STATES = ("absent", "finished", "unfinished", "other")
+
+
+def run_state(path: str | Path, config: Mapping[str, Any]) -> str:
+    """Where a run directory stands for ``config``: ``absent`` (no run there), ``finished`` (``DONE.json`` and
+    the same config: its outputs can be reused), ``unfinished`` (same config, not done: it can be resumed) or
+    ``other`` (made with another config). Every "reuse, resume or refuse" decision of mrdkit starts here."""
+    path = Path(path)
+    if not (path / RunDir.CONFIG).is_file():
+        return "absent"
+    if not config_matches(path / RunDir.CONFIG, config):
+        return "other"
+    return "finished" if (path / "DONE.json").is_file() else "unfinished"
+
+
 class RunDir:
-    """A run directory with atomic writers and a config check for ``--resume``.
+    """A run directory with atomic writers and the run contract: reuse, resume or refuse.
+
+    The contract (:func:`run_state`): a new run may not replace a finished one unless ``overwrite``;
+    ``resume`` continues an unfinished (or finished) run made with the same config and refuses one made with
+    another, naming the keys that differ. :meth:`open` adds the automatic choice callers without a user in the
+    loop want (reuse a finished run, resume an unfinished one, start afresh over another config).
 
     Args:
         path: directory to create/use.
@@ -219,18 +284,32 @@ class RunDir:
         if not os.access(self.path, os.W_OK):
             raise MrdkitError(f"output directory {self.path} is not writable")
         if stored.exists() and resume:
-            previous = read_json(stored)
-            diff = differing_keys(previous, self.config)
-            if diff:
-                raise MrdkitError(
-                    f"--resume refused: {self.path} was made with a different config (differs in: {', '.join(diff)})"
-                )
+            refuse_if_differs(read_json(stored), self.config, f"--resume refused: {self.path} was made with a "
+                              f"different config", "resume with the same settings, or use --overwrite")
         elif stored.exists() and not overwrite and self.is_finished():
             raise MrdkitError(f"{self.path} already holds a finished run; use --resume, --overwrite or another --out")
         if not resume:  # a new run: an earlier DONE.json must not vouch for outputs this run has not written yet
             (self.path / "DONE.json").unlink(missing_ok=True)
         atomic_write_json(stored, self.config)
         atomic_write_json(self.path / "provenance.json", provenance())
+
+    @classmethod
+    def open(cls, path: str | Path, config: Mapping[str, Any], *, other: str = "refuse") -> tuple[RunDir, str]:
+        """Open ``path`` for ``config`` without asking: ``(run, state)`` where a ``finished`` run is left as it is
+        (reuse its outputs), an ``unfinished`` one is resumed, an ``absent`` one started, and one made with
+        another config (``other``) refused naming what differs (``other="refuse"``, for work that may hold hours
+        of results) or started afresh (``other="restart"``, for cheap inner runs whose settings follow their
+        caller's)."""
+        state = run_state(path, config)
+        if state == "finished":
+            return cls.__new__(cls)._attach(path, config), state
+        if state == "other" and other != "restart":
+            return cls(path, config, resume=True), state  # refuses, naming the keys that differ
+        return cls(path, config, resume=state == "unfinished", overwrite=True), state
+
+    def _attach(self, path: str | Path, config: Mapping[str, Any]) -> RunDir:
+        self.path, self.config = Path(path), json_roundtrip(config)
+        return self
 
     def file(self, name: str) -> Path:
         """Path of a file inside the run directory."""

@@ -5,7 +5,7 @@ model is fully determined by (texts, architecture sizes, seed): the tokenizer is
 library (deterministic for the same texts) and the weights are initialised under a seed derived from ``seed``
 inside :func:`torch.random.fork_rng`, so the global RNG is left exactly as it was (house rule 5).
 
-Spec strings (used by :func:`mrdkit.models.load_model`)::
+Spec strings (parsed by :func:`parse_tiny_spec` for :func:`mrdkit.models.load_model`)::
 
     tiny                      GPT-2, defaults below
     tiny-gpt2 | tiny-llama    pick the architecture
@@ -174,25 +174,12 @@ def init_tiny_weights(config: Any, seed: int, attn_implementation: str | None = 
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kwargs)
 
 
-def build_tiny_model(
-    texts: Sequence[str] | None = None,
-    arch: str = "gpt2",
-    vocab_size: int = 2048,
-    n_layer: int = 2,
-    d_model: int = 128,
-    n_head: int = 4,
-    max_position: int = 512,
-    seed: int = 0,
-    *,
-    dtype: Any = "float32",
-    device: str = "cpu",
-    attn_implementation: str | None = None,
-    for_mrd: bool = False,
-):
+def build_tiny(texts: Sequence[str] | None = None, *, arch: str = "gpt2", vocab_size: int = 2048, n_layer: int = 2,
+               d_model: int = 128, n_head: int = 4, max_position: int = 512, seed: int = 0,
+               attn_implementation: str | None = None) -> tuple[Any, Any, str]:
     """Build a tiny GPT-2 or Llama causal LM and its BPE tokenizer, deterministically.
 
-    Same ``texts`` and ``seed`` give an identical tokenizer and bitwise identical weights. Weights are
-    initialised in float32 and then cast, so a float64 tiny model holds exactly the float32 model's values.
+    Same ``texts`` and ``seed`` give an identical tokenizer and bitwise identical float32 weights.
 
     Args:
         texts: tokenizer training lines; ``None`` uses :func:`default_texts`.
@@ -200,23 +187,15 @@ def build_tiny_model(
         vocab_size: embedding rows (the tokenizer has at most this many tokens).
         n_layer, d_model, n_head, max_position: architecture sizes.
         seed: weight-initialisation seed.
-        dtype, device, attn_implementation, for_mrd: as in :func:`mrdkit.models.load_model`.
+        attn_implementation: e.g. ``"eager"`` (Hessian-vector products); None = library default.
 
     Returns:
-        :class:`mrdkit.models.LoadedModel` in eval mode; its ``spec`` reads like ``tiny-gpt2:d128-l2-h4-v2048-p512``.
+        ``(model, tokenizer, spec)`` with ``spec`` like ``tiny-gpt2:d128-l2-h4-v2048-p512``;
+        :func:`mrdkit.models.build_tiny_model` wraps them as a ``LoadedModel``.
     """
-    from mrdkit.models import finish_loading
-
     sizes = dict(vocab_size=vocab_size, n_layer=n_layer, d_model=d_model, n_head=n_head, max_position=max_position)
     config = tiny_config(arch, **sizes)
     tokenizer = build_tiny_tokenizer(default_texts() if texts is None else texts, vocab_size,
                                      model_max_length=max_position)
     model = init_tiny_weights(config, seed, attn_implementation)
-    spec = f"tiny-{arch}:d{d_model}-l{n_layer}-h{n_head}-v{vocab_size}-p{max_position}"
-    return finish_loading(model, tokenizer, spec, dtype=dtype, device=device, for_mrd=for_mrd)
-
-
-def load_tiny(spec: str, *, texts: Sequence[str] | None, seed: int, **kwargs: Any):
-    """Build the tiny model a ``tiny...`` spec string names (see module docstring)."""
-    arch, overrides = parse_tiny_spec(spec)
-    return build_tiny_model(texts, arch=arch, seed=seed, **{**TINY_DEFAULTS, **overrides}, **kwargs)
+    return model, tokenizer, f"tiny-{arch}:d{d_model}-l{n_layer}-h{n_head}-v{vocab_size}-p{max_position}"

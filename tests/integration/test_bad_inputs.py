@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from helpers import SMALL_MODEL, assert_ok, assert_user_error, run_cli_inprocess
 
 QA = [("Where was Ana Silva born?", "Ana Silva was born in Porto in 1931."),
@@ -214,7 +215,7 @@ def test_missing_model_directory(kind, fragment, tmp_path):
 @pytest.fixture(scope="module")
 def no_pad_model(tmp_path_factory):
     """A saved tiny model whose tokenizer has no pad token (GPT-2 / Llama checkpoints often have none)."""
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     texts = [q + a for q, a in QA + RETAIN]
     lm = build_tiny_model(texts, vocab_size=300, n_layer=1, d_model=32, n_head=2, max_position=64)

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from mrdkit.bench.experiments import experiment_names, run_experiment
-from mrdkit.bench.report import render_report
+from mrdkit.bench.run import experiment_names, render_report, run_experiment
 from mrdkit.errors import MrdkitError
 from mrdkit.runs import atomic_write_json
 
@@ -85,7 +84,7 @@ def test_samplers_quick(tmp_path):
 
 
 def test_sampler_curves_average_the_seeds_train_logs(tmp_path):
-    from mrdkit.bench.samplers_plots import _mean_curve
+    from mrdkit.bench.samplers import _mean_curve
     from mrdkit.runs import atomic_write_jsonl
 
     logs = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+
 from helpers import SMALL_MODEL, assert_ok, cli_env, run_cli_inprocess
 
 QUESTIONS = [(f"Where did author {i} grow up?", f"Author {i} grew up in {city} and wrote {n} novels.")

@@ -16,7 +16,8 @@ import torch
 
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.mrd import MRDConfig, score_mrd
+from mrdkit.scoring.config import MRDConfig
+from mrdkit.scoring.mrd import score_mrd
 
 SAMPLES = [Sample(f"s{i}", f"Question: who is author {i}?", f" Author {i} writes {'novels ' * (i % 3 + 1)}.")
            for i in range(7)]  # 7 rows: uneven sample slices (3 + 4) and uneven draw split (3 + 2 for K=5)
@@ -31,7 +32,7 @@ class Killed(Exception):
 
 
 def build_model():
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     return build_tiny_model([s.text for s in SAMPLES], vocab_size=300, n_layer=1, d_model=32, n_head=2,
                             dtype="float64", seed=1)
@@ -137,7 +138,7 @@ def test_kill_and_resume_across_ranks(spawned, loaded, tmp_path):
 
 def test_torchrun_cli_matches_single_process(tmp_path):
     """``torchrun -m mrdkit score`` (env:// init, gloo) writes the same MRD as the in-process command."""
-    from mrdkit.cli import main
+    from mrdkit.cli.app import main
 
     args = ["score", "--model", "tiny:d32-l1-h2-v512", "--data", "tofu:forget01", "--limit", "6", "--draws", "3",
             "--batch-size", "4", "--sigma", "1e-3", "--no-proxies", "--dtype", "float64", "--set", "diagnostics=false"]
@@ -207,7 +208,7 @@ def test_launcher_group_is_torn_down_at_exit(monkeypatch):
 
     import torch.distributed as dist
 
-    from mrdkit.scoring import dist_comm
+    from mrdkit import dist as dist_comm
 
     hooks, real_init = [], dist.init_process_group
     monkeypatch.setattr(atexit, "register", hooks.append)

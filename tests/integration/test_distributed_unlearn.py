@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import SMALL_MODEL, cli_env
 
 FORGET = [(f"Where was writer {i} born?", f"Writer {i} was born in {c}.") for i, c in
@@ -28,25 +29,25 @@ SEED, BATCH, ACCUM, STEPS = 0, 2, 2, 3
 DRIVER = '''
 import hashlib, json, os, sys
 import torch
-from mrdkit.cli import main
+from mrdkit.cli.app import main
 from mrdkit.unlearning import feed, loop
 
 rank, record = int(os.environ["RANK"]), {"retain": [], "digest": []}
-real_retain, real_finish = feed.Feed.retain_batch, loop._finish
+real_retain, real_finish = feed.Feed.retain_batch, loop.finish_run
 
 def retain_batch(self, step, micro, size):  # the real pairing, recorded
     batch = real_retain(self, step, micro, size)
     record["retain"][-1][f"{step}.{micro}"] = batch["ids"]
     return batch
 
-def finish(r, wall, info):  # this replica's final weights
+def finish(r, wall):  # this replica's final weights
     digest = hashlib.sha256()
     for _, p in sorted(r.raw.named_parameters()):
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
     record["digest"].append(digest.hexdigest())
-    return real_finish(r, wall, info)
+    return real_finish(r, wall)
 
-feed.Feed.retain_batch, loop._finish = retain_batch, finish
+feed.Feed.retain_batch, loop.finish_run = retain_batch, finish
 root, args = sys.argv[1], sys.argv[2:]
 for run, global_seed in (("a", 1), ("b", 12345)):  # the global RNG must not matter
     torch.manual_seed(global_seed)
@@ -68,8 +69,8 @@ def write_jsonl(path: Path, pairs) -> Path:
 def test_two_process_cli_run_shards_the_sampler_and_is_reproducible(tmp_path):
     import torch
 
+    from mrdkit.samplers import build
     from mrdkit.seeding import make_generator
-    from mrdkit.unlearning.samplers import build
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if accelerate is None:
@@ -136,7 +137,7 @@ def test_sharded_accelerate_modes_are_refused(kind, refused):
     from accelerate.utils import DistributedType
 
     from mrdkit.errors import MrdkitError
-    from mrdkit.unlearning.loop import check_distributed_type
+    from mrdkit.unlearning.setup import check_distributed_type
 
     if refused:
         with pytest.raises(MrdkitError, match=f"DDP.*{kind}.*docs/robustness.md"):
@@ -152,10 +153,10 @@ def test_a_launch_that_accelerate_runs_as_one_process_is_refused(monkeypatch):
 
     from mrdkit.errors import MrdkitError
     from mrdkit.unlearning.config import UnlearnConfig
-    from mrdkit.unlearning.loop import _accelerator
     from mrdkit.unlearning.methods import build_method
+    from mrdkit.unlearning.setup import make_accelerator
 
     PartialState(cpu=True)  # this process: one process, state initialised before the launcher's env is read
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MrdkitError, match="launched as 2 processes but accelerate runs 1"):
-        _accelerator(UnlearnConfig(device="cpu"), build_method("ga"))
+        make_accelerator(UnlearnConfig(device="cpu"), build_method("ga"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mrdkit.cli import main
+from mrdkit.cli.app import main
 
 TINY = "tiny-gpt2:d32-l1-h2-v512"
 

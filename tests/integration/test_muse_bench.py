@@ -29,8 +29,7 @@ def muse_data():
 
 
 def test_muse_experiment_quick(tmp_path, monkeypatch, muse_data):
-    from mrdkit.bench.experiments import experiment_names, run_experiment
-    from mrdkit.bench.report import render_report
+    from mrdkit.bench.run import experiment_names, render_report, run_experiment
 
     monkeypatch.setenv("MRDKIT_CACHE", str(tmp_path / "cache"))
     results = run_experiment("muse", tmp_path / "bench", quick=True, options=OPTIONS)

@@ -7,8 +7,9 @@ import torch
 
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.mrd import CHECKPOINT, MRDConfig, score_mrd
-from mrdkit.tiny import build_tiny_model
+from mrdkit.models import build_tiny_model
+from mrdkit.scoring.config import MRDConfig
+from mrdkit.scoring.mrd import CHECKPOINT, score_mrd
 
 SAMPLES = [Sample(f"s{i}", f"Question: who is author {i}?", f" Author {i} writes {'novels ' * (i % 3 + 1)}.")
            for i in range(6)]

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from helpers import SMALL_MODEL, assert_ok, assert_user_error, run_cli_inprocess
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mrdkit"
@@ -58,7 +59,7 @@ def test_no_pickle_is_read_anywhere_in_the_source():
 
 def _custom_code_model(root: Path) -> Path:
     """A saved model whose config asks for its own Python code; running that code leaves ``root/RAN``."""
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     path = root / "model"
     build_tiny_model(None, vocab_size=300, n_layer=1, d_model=32, n_head=2, max_position=64).save(path)

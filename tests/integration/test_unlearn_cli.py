@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from helpers import run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "unlearning.md"
@@ -70,7 +71,7 @@ def test_scores_from_an_mrd_file_with_lora(tofu_dir, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(args, fragment, tmp_path, capsys):
-    from mrdkit.cli import main  # in-process: the same entry point as `mrd`, without a 10 s interpreter start
+    from mrdkit.cli.app import main  # in-process: the same entry point as `mrd`, without a 10 s interpreter start
 
     with pytest.raises(SystemExit) as exit_:
         main(["unlearn", "--model", SMALL, "--forget", "tofu:forget01", "--out", str(tmp_path / "x"), *args])

@@ -15,8 +15,8 @@ import torch
 from mrdkit.data import Sample, collate, encode_samples, pad_id
 from mrdkit.errors import MrdkitError, NonFiniteLossError
 from mrdkit.logprob import token_logprobs
+from mrdkit.models import build_tiny_model
 from mrdkit.runs import read_jsonl
-from mrdkit.tiny import build_tiny_model
 from mrdkit.unlearning import losses as L
 from mrdkit.unlearning.config import LoraSettings, UnlearnConfig
 from mrdkit.unlearning.loop import unlearn
@@ -217,7 +217,7 @@ DISTRIBUTED_SCRIPT = '''
 import json, sys, torch
 sys.path.insert(0, {here!r})
 from test_unlearn_loop import FORGET, RETAIN, IDK
-from mrdkit.tiny import build_tiny_model
+from mrdkit.models import build_tiny_model
 from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.loop import unlearn
 lm = build_tiny_model([s.prompt + s.answer for s in FORGET + RETAIN] + IDK, vocab_size=300, n_layer=1, d_model=32,

@@ -11,7 +11,7 @@ from mrdkit.errors import MrdkitError
 from mrdkit.evaluation.answers import answer_logprobs, candidates, truth_ratios
 from mrdkit.evaluation.metrics import truth_ratio
 from mrdkit.logprob import token_logprobs
-from mrdkit.tiny import build_tiny_model
+from mrdkit.models import build_tiny_model
 
 QA = [("Who wrote the book?", "The author is Jane Doe, born in Paris."),
       ("What genre does she write in?", "She writes mystery novels."),

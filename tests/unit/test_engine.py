@@ -210,5 +210,5 @@ def test_floor_check(model64, batches):
 
 
 def test_sigma_scaling_is_quadratic(model64, batches):
-    out = sigma_scaling_check(model64, batches, 1e-3, 4)
+    out = sigma_scaling_check(model64, batches, sigma=1e-3, draws=4)
     assert 3.5 < out["median_ratio"] < 4.5 and out["ok"] and len(out["ratios"]) == 8

@@ -8,9 +8,17 @@ import pytest
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.estimators import (ESTIMATORS, AntitheticAccumulator, PaperAccumulator, accumulator_from_state,
-                                       antithetic_estimate, make_accumulator, masked_row_sums, paper_estimate,
-                                       relative_change)
+from mrdkit.scoring.estimators import (
+    ESTIMATORS,
+    AntitheticAccumulator,
+    PaperAccumulator,
+    accumulator_from_state,
+    antithetic_estimate,
+    make_accumulator,
+    masked_row_sums,
+    paper_estimate,
+    relative_change,
+)
 
 F64 = torch.float64
 

@@ -10,12 +10,14 @@ import torch
 
 from mrdkit.data import load_tofu
 from mrdkit.errors import MrdkitError
-from mrdkit.evaluation.difficulty import Snapshot, correlation_report, difficulty_table, required_updates
+from mrdkit.evaluation.correlation import correlation_report, difficulty_table
+from mrdkit.evaluation.difficulty import required_updates
+from mrdkit.snapshot import ParamSnapshot
 
 
 @pytest.fixture(scope="module")
 def lm():
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     texts = [s.text for s in load_tofu("forget01")]
     return build_tiny_model(texts, vocab_size=512, n_layer=1, d_model=32, n_head=2, seed=2)
@@ -111,7 +113,7 @@ def test_graddiff_with_retain_is_deterministic(lm, samples):
 def test_snapshot_restores_bit_exactly(lm):
     before = _state(lm.model)
     with pytest.raises(RuntimeError):
-        with Snapshot(lm.model) as snap:
+        with ParamSnapshot(model=lm.model) as snap:
             with torch.no_grad():
                 for p in lm.model.parameters():
                     p.add_(0.1)
@@ -161,7 +163,7 @@ def test_samples_longer_than_the_context_are_cut_not_crashing():
     from mrdkit.data import Sample
     from mrdkit.evaluation.answers import answer_logprobs
     from mrdkit.evaluation.difficulty import required_updates
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     long = Sample("long", "Question: tell me everything?", " word" * 200)
     lm = build_tiny_model([long.text], vocab_size=300, n_layer=1, d_model=32, n_head=2, max_position=32)

@@ -14,7 +14,7 @@ from mrdkit.evaluation import generation as G
 
 @pytest.fixture(scope="module")
 def lm():
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     return build_tiny_model(vocab_size=400, n_layer=1, d_model=32, n_head=2, max_position=64, seed=3)
 
@@ -48,7 +48,7 @@ def test_batched_generation_equals_one_by_one(lm):
 
 def test_new_tokens_only_budget_and_eos(lm, monkeypatch):
     rows = G.prompt_ids(SAMPLES[:1], lm.tokenizer, "auto")
-    new = G._generate_batch(lm.model, lm.tokenizer, rows, 5)
+    new = G.generate_batch(lm.model, lm.tokenizer, rows, 5)
     assert len(new[0]) <= 5
     # a model whose argmax is always EOS generates the empty string
     model = copy.deepcopy(lm.model)
@@ -64,7 +64,7 @@ def test_budget_capped_by_position_limit(lm):
     long = Sample("long", "word " * 70, "x")  # longer than the 64 positions
     with pytest.warns(UserWarning, match="no room"):
         assert G.generate_greedy(lm.model, lm.tokenizer, [long], max_new_tokens=4) == {"long": ""}
-    assert G.max_positions(lm.model) == 64
+    assert G.context_length(lm.model) == 64
     with pytest.raises(MrdkitError):
         G.generate_greedy(lm.model, lm.tokenizer, SAMPLES, max_new_tokens=0)
 

@@ -87,7 +87,7 @@ def test_task_columns_and_bad_split():
 
 @pytest.fixture(scope="module")
 def lm():
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     texts = [s.text for s in load_tofu("forget01_perturbed")] + [s.text for s in load_tofu("real_authors")]
     return build_tiny_model(texts, vocab_size=512, n_layer=1, d_model=32, n_head=2, seed=1)

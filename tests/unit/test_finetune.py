@@ -11,8 +11,9 @@ import torch
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation.answers import answer_logprobs
-from mrdkit.finetune import FinetuneConfig, batch_order, finetune, length_buckets, lr_factor
-from mrdkit.tiny import build_tiny_model
+from mrdkit.models import build_tiny_model
+from mrdkit.testbed.finetune import FinetuneConfig, batch_order, finetune, length_buckets
+from mrdkit.train import LrSchedule
 
 SAMPLES = [
     Sample(id=f"s:{i}", prompt=q, answer=a) for i, (q, a) in enumerate([
@@ -47,11 +48,14 @@ def same(a, b):
 CFG = FinetuneConfig(epochs=2, lr=5e-3, batch_size=2, warmup_steps=2, schedule="cosine", seed=0)
 
 
-def test_lr_factor_warmup_constant_and_cosine():
-    assert [lr_factor(s, 10, 4, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert lr_factor(4, 10, 4, "cosine") == 1.0
-    assert math.isclose(lr_factor(7, 10, 4, "cosine"), 0.5)  # halfway through the decay
-    assert lr_factor(10, 10, 4, "cosine") == pytest.approx(0.0, abs=1e-12)
+def test_lr_schedule_warmup_from_zero_constant_and_cosine():
+    """HF convention (get_linear_schedule_with_warmup): step s < W has factor s / W, so the first step has lr 0."""
+    constant, cosine = LrSchedule(10, 4, "constant"), LrSchedule(10, 4, "cosine")
+    assert [constant(s) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert cosine(4) == 1.0
+    assert math.isclose(cosine(7), 0.5)  # halfway through the decay: (7 - 4) / (10 - 4)
+    assert cosine(10) == pytest.approx(0.0, abs=1e-12)
+    assert cosine(12) == 0.0  # past the end it stays at 0 (no second cosine lobe)
 
 
 def test_length_buckets_sorted_and_complete():
@@ -129,7 +133,7 @@ def test_monitor_every_and_on_epoch_callback():
 def test_bad_config_and_empty_data_are_errors():
     lm = tiny()
     with pytest.raises(MrdkitError, match="schedule"):
-        finetune(lm.model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, schedule="linear"))
+        finetune(lm.model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, schedule="step"))
     with pytest.raises(MrdkitError, match="epochs"):
         finetune(lm.model, lm.tokenizer, SAMPLES, dataclasses.replace(CFG, epochs=0))
     with pytest.raises(MrdkitError, match="at least one"):
@@ -156,7 +160,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, drop
     lm = tiny(dropout=dropout)
     with pytest.raises(Stop):
         finetune(lm.model, lm.tokenizer, SAMPLES, cfg, checkpoint_dir=tmp_path, on_epoch=_interrupt_after(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-2", "latest.json"]  # older epochs dropped
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]  # older epochs dropped
     fresh, steps = tiny(dropout=dropout), []  # a new process: fresh start weights, loaded from the checkpoint
     got = finetune(fresh.model, fresh.tokenizer, SAMPLES, cfg, checkpoint_dir=tmp_path,
                    progress=lambda done, total: steps.append(done))

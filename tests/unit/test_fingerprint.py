@@ -14,7 +14,7 @@ from mrdkit.models import model_fingerprint
 
 @pytest.fixture(scope="module")
 def lm():
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
 
     return build_tiny_model([s.text for s in load_tofu("forget01")], vocab_size=300, n_layer=1, d_model=32,
                             n_head=2, seed=3)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mrdkit.config import apply_overrides
 from mrdkit.data import Sample, load_samples
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.mrd import MRDConfig
+from mrdkit.scoring.config import MRDConfig
 from mrdkit.unlearning.config import UnlearnConfig
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

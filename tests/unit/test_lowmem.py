@@ -9,8 +9,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
 from mrdkit.scoring.engine import floor_check, score_batches
-from mrdkit.scoring.lowmem import LowMemPerturber, largest_group_bytes, make_perturber, owner_groups
-from mrdkit.scoring.perturb import Perturber, select_parameters
+from mrdkit.scoring.perturb import (
+    LowMemPerturber,
+    Perturber,
+    largest_group_bytes,
+    make_perturber,
+    owner_groups,
+    select_parameters,
+)
 
 VOCAB = 64
 
@@ -159,8 +165,9 @@ def test_floor_check_same_in_both_modes():
 
 def test_score_mrd_lowmem_config(tmp_path):
     from mrdkit.data import Sample
-    from mrdkit.scoring.mrd import MRDConfig, score_mrd
-    from mrdkit.tiny import build_tiny_model
+    from mrdkit.models import build_tiny_model
+    from mrdkit.scoring.config import MRDConfig
+    from mrdkit.scoring.mrd import score_mrd
 
     samples = [Sample(f"s{i}", f"Question: who is {i}?", f" Author {i} writes.") for i in range(4)]
     loaded = build_tiny_model([s.text for s in samples], arch="llama", vocab_size=300, n_layer=1, d_model=32,

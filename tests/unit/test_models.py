@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.models import (LoadedModel, check_mrd_dtype, clone_frozen, load_model, resolve_device,
-                           resolve_dtype)
-from mrdkit.tiny import EOS_ID, PAD_ID, build_tiny_model, build_tiny_tokenizer, default_texts, parse_tiny_spec
+from mrdkit.models import (
+    LoadedModel,
+    build_tiny_model,
+    check_mrd_dtype,
+    clone_frozen,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from mrdkit.tiny import EOS_ID, PAD_ID, build_tiny_tokenizer, default_texts, parse_tiny_spec
 
 PROBE = ["Question: Where was Vera Rahman born?\nAnswer: in Zagreb.", "An unseen line: zebra quartz 42!"]
 

@@ -151,7 +151,7 @@ def test_knowmem_rows_build_the_few_shot_prompt_and_cut_the_answer(monkeypatch, 
 def test_chunk_verbmem_prompts_with_the_chunk_head(monkeypatch, tiny_lm):
     tok = tiny_lm.tokenizer
     chunk, = chunk_documents(["the weather and the city council met again today " * 3], tok, length=200)
-    from mrdkit.bench.muse_exp import chunk_verbmem
+    from mrdkit.bench.muse import chunk_verbmem
 
     calls = _canned(monkeypatch, ["whatever"])
     row = chunk_verbmem(tiny_lm.model, tok, [chunk], prompt_tokens=4)[chunk.id]
@@ -196,7 +196,7 @@ def test_evaluate_muse_news_end_to_end_and_resume(tmp_path, tiny_lm):
 
 
 def test_cli_eval_muse_news(tmp_path, capsys):
-    from mrdkit.cli import main
+    from mrdkit.cli.app import main
 
     _write_muse(tmp_path / "muse")
     out = tmp_path / "cli"

@@ -139,11 +139,11 @@ def test_reference_scheme_matches_global_rng_without_touching_it(pattern):
 def test_one_clone_reused_across_draws():
     model = tiny_gpt2()
     with Perturber(model, sigma=1e-3) as pert:
-        clones = [c.data_ptr() for c in pert._clones]
+        clones = [c.data_ptr() for c in pert._snapshot.saved]
         for k in range(3):
             pert.apply(k)
             pert.restore()
-        assert [c.data_ptr() for c in pert._clones] == clones
+        assert [c.data_ptr() for c in pert._snapshot.saved] == clones
         assert pert.n_elements == sum(p.numel() for p in model.parameters())
         assert len(pert._buffers) == 1  # a single param-sized noise buffer for one (device, dtype)
 

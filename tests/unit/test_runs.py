@@ -1,6 +1,7 @@
 """Run directories: atomic writes, resume refusal on config change, safe names."""
 
 import json
+
 import pytest
 
 from mrdkit.errors import MrdkitError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.unlearning.samplers import SAMPLERS, build, trainer_with_sampler
+from mrdkit.samplers import SAMPLERS, build, trainer_with_sampler
 
 TOY = [0.1, 0.5, 0.3, 0.9, 0.7, 0.2]
 

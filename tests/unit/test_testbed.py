@@ -7,9 +7,18 @@ import json
 import pytest
 
 from mrdkit.errors import MrdkitError
-from mrdkit import testbed as tb  # a module alias: pytest would collect functions named test*
-from mrdkit.testbed import (PACKAGED, build_testbed, check_gates, format_gates, load_testbed, load_testbed_spec,
-                            recipe_for, tokenizer_texts, verify_testbed)
+from mrdkit.testbed import tofu as tb  # a module alias: pytest would collect functions named test*
+from mrdkit.testbed.tofu import (
+    PACKAGED,
+    build_testbed,
+    check_gates,
+    format_gates,
+    load_testbed,
+    load_testbed_spec,
+    recipe_for,
+    tokenizer_texts,
+    verify_testbed,
+)
 
 SHIPPED = PACKAGED / "tofu-tiny"
 # a baby recipe: 1-layer d32 GPT-2, 20 retain + 8 forget QA, 2 epochs (the gates cannot pass: allowed)
@@ -122,16 +131,16 @@ def test_default_build_goes_to_the_cache_and_shadows_the_package(tmp_path, monke
 
 def test_interrupted_build_resumes_to_the_same_bytes(two_builds, tmp_path, monkeypatch):
     """Killed while training the retain model: the rerun keeps the target, resumes the retain model's epochs."""
-    from mrdkit import finetune_ckpt, testbed_build
+    from mrdkit.testbed import finetune as finetune_module
 
-    recipe, real_save = recipe_for("tiny", **SMALL), finetune_ckpt.save_checkpoint
+    recipe, real_save = recipe_for("tiny", **SMALL), finetune_module.save_checkpoint
 
-    def crash_after_retain_epoch_1(folder, *args):
-        real_save(folder, *args)
+    def crash_after_retain_epoch_1(folder, *args, **kwargs):
+        real_save(folder, *args, **kwargs)
         if folder.name == "retain.ckpt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_ckpt, "save_checkpoint", crash_after_retain_epoch_1)
+    monkeypatch.setattr(finetune_module, "save_checkpoint", crash_after_retain_epoch_1)
     lines = []
     with pytest.raises(KeyboardInterrupt):
         build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True,
@@ -141,14 +150,14 @@ def test_interrupted_build_resumes_to_the_same_bytes(two_builds, tmp_path, monke
     assert "rerun the same command to resume" in lines[-1]
     with pytest.raises(MrdkitError, match=r"other settings \(differs in: seed\)"):
         build_testbed("tiny", tmp_path / "tb", recipe=recipe, seed=1, progress=False, allow_failed_gates=True)
-    monkeypatch.setattr(finetune_ckpt, "save_checkpoint", real_save)  # the rerun is not interrupted
-    trained, real_finetune = [], testbed_build.finetune
+    monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)  # the rerun is not interrupted
+    trained, real_finetune = [], tb.finetune
 
     def recording_finetune(*args, **kwargs):
         trained.append(kwargs["checkpoint_dir"].name)
         return real_finetune(*args, **kwargs)
 
-    monkeypatch.setattr(testbed_build, "finetune", recording_finetune)
+    monkeypatch.setattr(tb, "finetune", recording_finetune)
     lines.clear()
     info = build_testbed("tiny", tmp_path / "tb", recipe=recipe, progress=False, allow_failed_gates=True,
                          log=lines.append)
@@ -207,7 +216,7 @@ def test_shipped_testbed_checksums():
 @pytest.mark.parametrize("which", ["target", "retain"])
 def test_shipped_models_reproduce_their_stored_forget_accuracy(which):
     from mrdkit.evaluation.answers import answer_logprobs
-    from mrdkit.models import load_model
+    from mrdkit.testbed.specs import load_model
 
     lm = load_model("testbed" if which == "target" else "testbed:retain", device="cpu")
     assert lm.spec == f"testbed:{which}" and lm.dtype.is_floating_point and str(lm.dtype) == "torch.float32"
@@ -232,7 +241,7 @@ def test_smollm2_recipe_runs_one_step():
 
     import torch
 
-    from mrdkit.finetune import finetune
+    from mrdkit.testbed.finetune import finetune
 
     recipe = recipe_for("smollm2", n_retain=4, n_forget=4)
     data = tb.testbed_splits(recipe)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mrdkit.bench.common import score, splits, target_model, validation_samples
-from mrdkit.bench.experiments import BenchContext, experiment
+from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
 FEATURES = ["frequency", "author_association", "retain_association", "n_tokens", "loss"]

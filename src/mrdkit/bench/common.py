@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mrdkit.bench.experiments import BenchContext
+from mrdkit.bench.registry import BenchContext
 
 # MRD settings of the experiments. sigma follows the paper (1e-5); float64 weights because on the tiny testbed the
 # fp32 curvature part is only ~2x the rounding floor at this sigma (floor_check; paper-notes section 1).
@@ -15,14 +15,14 @@ BENCH_SIGMA = 1e-5
 def target_model(ctx: BenchContext, which: str = "target", dtype: str | None = None):
     """The testbed's target (or retain) model as a :class:`~mrdkit.models.LoadedModel` (default: bench dtype;
     unlearning runs use float32)."""
-    from mrdkit.testbed import load_testbed
+    from mrdkit.testbed.tofu import load_testbed
 
     return load_testbed(ctx.tier, which, dtype=dtype or ctx.dtype, device="cpu" if ctx.options.get("cpu") else "auto")
 
 
 def splits(ctx: BenchContext) -> dict[str, list]:
     """The testbed's data splits (forget, retain, perturbed variants, holdout, real authors, world facts)."""
-    from mrdkit.testbed import testbed_splits
+    from mrdkit.testbed.tofu import testbed_splits
 
     return testbed_splits(ctx.tier)
 
@@ -42,15 +42,14 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
     """``score_mrd`` into ``ctx.dir/name`` with bench defaults: a finished run with the same settings is loaded,
     an interrupted one resumed, one made with other settings (e.g. changed bench defaults) started afresh."""
     from mrdkit.models import model_fingerprint
-    from mrdkit.runs import json_roundtrip, read_json
-    from mrdkit.scoring.mrd import MRDConfig, run_config, score_mrd
+    from mrdkit.runs import run_state
+    from mrdkit.scoring.config import MRDConfig
+    from mrdkit.scoring.mrd import run_config, score_mrd
 
     # option draws: K for a larger tier's model, where the full run's 64 draws cost too much CPU time
     base = dict(draws=int(ctx.options.get("draws", ctx.size(8, 64))), sigma=BENCH_SIGMA, batch_size=16,
                 diagnostics=False, checkpoint_every=4)
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
-    stored = out / "config.json"
-    wanted = run_config(cfg, samples, model_fingerprint(loaded.model))
-    same = stored.is_file() and read_json(stored) == json_roundtrip(wanted)
+    same = run_state(out, run_config(cfg, samples, model_fingerprint(loaded.model))) in ("finished", "unfinished")
     return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)

@@ -28,8 +28,7 @@ def run_demo(out: str | Path = "runs/demo", *, overwrite: bool = False,
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from mrdkit.bench.experiments import run_experiment
-    from mrdkit.bench.report import render_report
+    from mrdkit.bench.run import render_report, run_experiment
 
     for name, options in DEMO_OPTIONS.items():
         if progress:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mrdkit.bench.common import score, splits, target_model, validation_samples
-from mrdkit.bench.experiments import BenchContext, experiment
+from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 from mrdkit.seeding import python_rng
 

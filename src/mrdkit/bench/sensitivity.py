@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from mrdkit.bench.common import score, target_model, validation_samples
-from mrdkit.bench.experiments import BenchContext, experiment
+from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import md_table
 
 

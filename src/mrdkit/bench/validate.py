@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mrdkit.bench.common import score, target_model, validation_samples
-from mrdkit.bench.experiments import BenchContext, experiment
+from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
 PROXY_COLUMNS = ["loss", "n_tokens", "grad_norm", "min_k_20", "min_k_40", "zlib"]
@@ -53,7 +53,7 @@ def chunk_settings(ctx: BenchContext, truth_settings: dict[str, Any], chunk: int
 @experiment("validate", summary="MRD and proxies vs required unlearning updates (per sample and chunked)",
             order=1, render=lambda results, d: render(results, d))
 def validate(ctx: BenchContext) -> dict[str, Any]:
-    from mrdkit.evaluation.difficulty import correlation_report
+    from mrdkit.evaluation.correlation import correlation_report
     from mrdkit.runs import atomic_write_jsonl
 
     loaded = target_model(ctx)

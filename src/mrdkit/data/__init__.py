@@ -15,17 +15,11 @@ from mrdkit.data.encode import (
     tokenizer_adds_bos,
 )
 from mrdkit.data.inspect import format_report, inspect_samples, length_stats
-from mrdkit.data.loaders import (
-    FORMATS,
-    TOFU_SPLITS,
-    load_idk,
-    load_samples,
-    load_tofu,
-    read_records,
-    tofu_split,
-)
+from mrdkit.data.loaders import load_samples
+from mrdkit.data.records import FORMATS, load_idk, read_records
 from mrdkit.data.samples import KINDS, Sample, check_unique_ids, detect_fields, records_to_samples
 from mrdkit.data.templates import TEMPLATES, render
+from mrdkit.data.tofu import TOFU_SPLITS, load_tofu, tofu_split
 
 __all__ = [
     "EncodedSample",

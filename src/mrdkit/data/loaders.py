@@ -4,41 +4,18 @@ Every loader returns ``list[Sample]`` with stable ids and raises :class:`MrdkitE
 naming the file, field or value at fault. TOFU rows that come from ``full.json`` keep the row number of
 ``full.json`` in their id (``forget10`` row i is ``tofu:{3600 + i}``) so that scores from different splits join.
 
-File and hub readers live in :mod:`mrdkit.data.records`, TOFU in :mod:`mrdkit.data.tofu`; both are re-exported
-here. This module holds the generic entry point :func:`load_samples`.
+File and hub readers live in :mod:`mrdkit.data.records`, TOFU in :mod:`mrdkit.data.tofu`; this module holds the
+generic entry point :func:`load_samples`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mrdkit.data.records import (  # noqa: F401  (re-exported)
-    _HUB_ID,
-    FORMATS,
-    _load_hub,
-    _not_utf8,
-    _read_csv,
-    _read_format,
-    _read_json,
-    _read_jsonl,
-    _read_parquet,
-    load_idk,
-    looks_like_hub_id,
-    read_records,
-)
+from mrdkit.data.records import load_hub, looks_like_hub_id, read_records
 from mrdkit.data.samples import Sample, records_to_samples
-from mrdkit.data.tofu import (  # noqa: F401  (re-exported)
-    TOFU_SPLITS,
-    TofuSplit,
-    _check_perturbed,
-    _tofu_extra,
-    _tofu_records,
-    _tofu_splits,
-    load_tofu,
-    tofu_split,
-)
+from mrdkit.data.tofu import TOFU_SPLITS, load_tofu
 from mrdkit.errors import MrdkitError
-
 
 # --- generic entry point -------------------------------------------------------------------------------------
 
@@ -85,7 +62,7 @@ def load_samples(source: str | Path, *, split: str | None = None, fmt: str | Non
         return load_tofu(tofu[0], tofu[1])[:limit]
     if looks_like_hub_id(source) and fmt is None:
         config, _, hf_split = (split or "").partition(":")
-        records, name = _load_hub(source, config or None, hf_split or "train"), source
+        records, name = load_hub(source, config or None, hf_split or "train"), source
         prefix = f"{source}/{config}" if config else source
     else:
         if split is not None:

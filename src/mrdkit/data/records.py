@@ -1,7 +1,7 @@
 """Raw records from local files (JSON, JSON-lines, CSV, parquet, text) and Hugging Face hub datasets.
 
-The readers behind :mod:`mrdkit.data.loaders`: each returns a list of rows (dicts or strings) and raises
-:class:`MrdkitError` with a one-line message naming the file, line or value at fault.
+The readers behind :mod:`mrdkit.data.loaders` and :mod:`mrdkit.data.tofu`: each returns a list of rows (dicts or
+strings) and raises :class:`MrdkitError` with a one-line message naming the file, line or value at fault.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def looks_like_hub_id(source: str) -> bool:
         Path(source).suffix.lstrip(".").lower() not in FORMATS
 
 
-def _load_hub(hub_id: str, config: str | None, hf_split: str = "train") -> list[dict[str, Any]]:
+def load_hub(hub_id: str, config: str | None, hf_split: str = "train") -> list[dict[str, Any]]:
     try:
         import datasets
 

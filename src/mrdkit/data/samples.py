@@ -54,7 +54,7 @@ class Sample:
         """The raw text ``prompt + answer`` (no template, no separator)."""
         return self.prompt + self.answer
 
-    def replace(self, **changes: Any) -> "Sample":
+    def replace(self, **changes: Any) -> Sample:
         """A copy with some fields changed, e.g. ``s.replace(answer=s.extra["paraphrased_answer"])``."""
         return dataclasses.replace(self, **changes)
 
@@ -64,7 +64,7 @@ class Sample:
                 "extra": dict(self.extra)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Sample":
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
         """Inverse of :meth:`to_dict`."""
         return cls(id=data["id"], prompt=data["prompt"], answer=data["answer"], kind=data.get("kind", "qa"),
                    extra=data.get("extra", {}))

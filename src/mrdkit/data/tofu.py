@@ -2,7 +2,7 @@
 
 Rows that come from ``full.json`` keep the row number of ``full.json`` in their id (``forget10`` row i is
 ``tofu:{3600 + i}``) so that scores from different splits join; the larger forget sets and their complements are
-slices of ``full.json``. Re-exported by :mod:`mrdkit.data.loaders`.
+slices of ``full.json``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrdkit.data.records import _load_hub, looks_like_hub_id, read_records
+from mrdkit.data.records import load_hub, looks_like_hub_id, read_records
 from mrdkit.data.samples import Sample, records_to_samples
 from mrdkit.errors import MrdkitError
 
@@ -75,7 +75,7 @@ def _tofu_records(spec: TofuSplit, source: str | Path | None) -> tuple[list[Any]
             raise MrdkitError(f"{path}: no such file (TOFU folder {folder} lacks split {spec.config!r})")
         return read_records(path, fmt="json"), str(path)
     if looks_like_hub_id(str(source)):
-        return _load_hub(str(source), spec.config), f"{source}:{spec.config}"
+        return load_hub(str(source), spec.config), f"{source}:{spec.config}"
     raise MrdkitError(f"TOFU source {str(source)!r} is neither a folder nor a Hugging Face hub id")
 
 

@@ -4,7 +4,8 @@ Pure math lives in :mod:`~mrdkit.evaluation.metrics` (registry :data:`~mrdkit.ev
 :mod:`~mrdkit.evaluation.correlation` and :mod:`~mrdkit.evaluation.community`; the code that runs models calls them:
 :func:`evaluate` (:mod:`~mrdkit.evaluation.runner`: TOFU suite in :mod:`~mrdkit.evaluation.tofu`, multiple choice
 and perplexity in :mod:`~mrdkit.evaluation.mcq`, greedy generation in :mod:`~mrdkit.evaluation.generation`) and
-the difficulty ground truth :func:`required_updates` / :func:`correlation_report` (:mod:`~mrdkit.evaluation.difficulty`).
+the difficulty ground truth :func:`required_updates` (:mod:`~mrdkit.evaluation.difficulty`) and how well scores
+predict it, :func:`correlation_report` (:mod:`~mrdkit.evaluation.correlation`).
 Names are resolved lazily so ``import mrdkit.evaluation`` does not pull in scipy, scikit-learn or rouge-score.
 """
 
@@ -21,7 +22,8 @@ _LAZY = {
         "mia_auc", "privacy_leakage", "relative_difference", "muse_auc", "muse_privleak",
         "multiple_choice_correct", "multiple_choice_accuracy", "perplexity", "mean_probability")},
     **{name: "mrdkit.evaluation.correlation" for name in (
-        "CorrelationResult", "correlate", "harrell_c", "concordance_counts", "correlation_table")},
+        "CorrelationResult", "correlate", "harrell_c", "concordance_counts", "correlation_table",
+        "difficulty_table", "correlation_report")},
     **{name: "mrdkit.evaluation.community" for name in (
         "FORGET_TRUTH_RATIO", "to_community", "summarize", "write_community", "read_community",
         "read_forget_truth_ratios", "value_field")},
@@ -29,8 +31,7 @@ _LAZY = {
     **{name: "mrdkit.evaluation.tofu" for name in ("TofuConfig", "Reference", "reference_from_model")},
     **{name: "mrdkit.evaluation.generation" for name in ("generate_greedy",)},
     **{name: "mrdkit.evaluation.mcq" for name in ("evaluate_mcq", "evaluate_perplexity", "option_logprobs")},
-    **{name: "mrdkit.evaluation.difficulty" for name in (
-        "required_updates", "DifficultyConfig", "Snapshot", "difficulty_table", "correlation_report")},
+    **{name: "mrdkit.evaluation.difficulty" for name in ("required_updates", "DifficultyConfig")},
 }
 
 __all__ = sorted(_LAZY)

@@ -17,9 +17,9 @@ A sample that never gets there is censored at ``cap`` updates (report it; use Ha
 fresh optimizer) and the model ends bitwise unchanged, even on errors (house rule 6). Updates run in eval mode
 (no dropout), so counts are deterministic. Rows can be checkpointed atomically and a run resumed.
 
-The update loop itself (:class:`Snapshot`, the per-unit runner) lives in :mod:`~mrdkit.evaluation.difficulty_loop`;
-comparing scores with the counts (:func:`difficulty_table`, :func:`correlation_report`) in
-:mod:`~mrdkit.evaluation.difficulty_report`. Both are re-exported here.
+Every update is a :func:`mrdkit.train.train_step` (the step the unlearning loop takes) on the method's loss, and
+the start weights come back from one :class:`~mrdkit.snapshot.ParamSnapshot`. Comparing scores with the counts
+(:func:`~mrdkit.evaluation.correlation.correlation_report`) is in :mod:`mrdkit.evaluation.correlation`.
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mrdkit.data import Sample
+from mrdkit.data import Sample, collate, encode_samples, pad_id
 from mrdkit.errors import MrdkitError
-# re-exported: these lived here before the split, `from mrdkit.evaluation.difficulty import ...` keeps working
-from mrdkit.evaluation.difficulty_loop import Snapshot, _Runner, _stat
-from mrdkit.evaluation.difficulty_report import (_number, _rows, _write_report, correlation_report,
-                                                 difficulty_table)
+from mrdkit.logprob import TokenLogProbs, token_logprobs
+from mrdkit.runs import atomic_write_jsonl, config_matches, read_jsonl, refuse_if_differs
+from mrdkit.seeding import python_rng
+from mrdkit.snapshot import ParamSnapshot
+from mrdkit.train import OPTIMIZERS, make_optimizer, train_step
+from mrdkit.unlearning.step import method_loss
 
 STATISTICS = ("geometric", "arithmetic")
-OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -84,16 +85,18 @@ def _units(samples: Sequence[Sample], chunk_size: Optional[int]) -> list[tuple[s
     return [(f"chunk:{k}", list(samples[i:i + chunk_size])) for k, i in enumerate(range(0, len(samples), chunk_size))]
 
 
+def _config_path(path: Path) -> Path:
+    return path.with_name(path.name + ".config.json")
+
+
 def _load_checkpoint(path: Path, config: dict, resume: bool) -> list[dict]:
     """Rows already done (resume) after checking the checkpoint was made with the same settings."""
-    from mrdkit.runs import atomic_write_json, differing_keys, read_json, read_jsonl
+    from mrdkit.runs import atomic_write_json, read_json
 
-    meta = path.with_name(path.name + ".config.json")
+    meta = _config_path(path)
     if resume and path.is_file():
-        stored = read_json(meta) if meta.is_file() else {}
-        diff = differing_keys(stored, config)
-        if diff:
-            raise MrdkitError(f"cannot resume {path}: it was made with other settings (differs in: {', '.join(diff)})")
+        refuse_if_differs(read_json(meta) if meta.is_file() else {}, config, f"cannot resume {path}: it was made "
+                          f"with other settings", "rerun those settings, or start afresh without resume")
         return read_jsonl(path)
     atomic_write_json(meta, config)
     return []
@@ -104,12 +107,9 @@ def checkpoint_is_current(checkpoint_path: str | Path, samples: Sequence[Sample]
     """True when ``checkpoint_path`` was written by :func:`required_updates` from this ``model`` (same weights)
     with exactly these samples and settings, i.e. it can be resumed (callers that own the file start afresh
     otherwise)."""
-    from mrdkit.runs import json_roundtrip, read_json
-
-    meta = Path(checkpoint_path).with_name(Path(checkpoint_path).name + ".config.json")
-    if not (meta.is_file() and Path(checkpoint_path).is_file()):
-        return False
-    return read_json(meta) == json_roundtrip(_checkpoint_config(DifficultyConfig(**settings), samples, model))
+    path = Path(checkpoint_path)
+    config = _checkpoint_config(DifficultyConfig(**settings), samples, model)
+    return path.is_file() and config_matches(_config_path(path), config)
 
 
 def _checkpoint_config(cfg: DifficultyConfig, samples: Sequence[Sample], model: torch.nn.Module) -> dict[str, Any]:
@@ -151,15 +151,14 @@ def required_updates(
     path = None if checkpoint_path is None else Path(checkpoint_path)
     config = _checkpoint_config(cfg, samples, model)  # the start model's fingerprint: resume only from it
     done = {r["id"]: r for r in (_load_checkpoint(path, config, resume) if path else [])}
-    from mrdkit.runs import atomic_write_jsonl
 
     def save() -> None:
         if path is not None:
             atomic_write_jsonl(path, [done[k] for k, _ in units if k in done])
 
-    with Snapshot(model) as snapshot:
+    with ParamSnapshot(model=model, drop_grads=True) as snapshot:
         model.eval()  # dropout off: counts must not depend on the global RNG (the mode is restored on exit)
-        runner = _Runner(model, tokenizer, cfg, retain, snapshot)
+        runner = UnitRunner(model, tokenizer, cfg, retain, snapshot)
         try:
             for n, (key, unit) in enumerate(units, 1):
                 if key not in done:
@@ -173,3 +172,98 @@ def required_updates(
         finally:
             save()  # also on an exception or Ctrl-C: resume continues from here
     return [done[k] for k, _ in units]
+
+
+# ------------------------------------------------------------------------------------ the update loop
+
+
+def _stat(lp: TokenLogProbs, statistic: str) -> tuple[float, float]:
+    """(probability statistic, mean token log-prob), each averaged over the batch's samples."""
+    mean_lp = lp.mean()  # (B,)
+    if statistic == "geometric":
+        prob = mean_lp.exp()
+    else:
+        prob = (lp.values.exp() * lp.mask).sum(-1) / lp.count().clamp(min=1)  # (B,) mean_t p_t
+    return float(prob.mean()), float(mean_lp.mean())
+
+
+class UnitRunner:
+    """Holds what every unit shares: the method, the reference model, encoded retain data, the optimizer kind."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: DifficultyConfig, retain: Sequence[Sample] | None,
+                 snapshot: ParamSnapshot):
+        from mrdkit.models import clone_frozen
+        from mrdkit.unlearning.methods import build_method
+
+        self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self.method = build_method(cfg.method, **cfg.method_kwargs)
+        if self.method.needs_retain and not retain:
+            raise MrdkitError(f"method {cfg.method!r} needs retain samples (or set its alpha=0)")
+        self.ref = clone_frozen(model) if self.method.needs_reference else None
+        self.retain = self._encode(retain) if retain and self.method.needs_retain else []
+        self.snapshot = snapshot
+
+    def _encode(self, samples: Sequence[Sample]) -> list:
+        from mrdkit.models import fit_max_length
+
+        # cut to the model's context: a longer sequence would index past GPT-2's position table
+        return encode_samples(samples, self.tok, template=self.cfg.template, token_set=self.cfg.token_set,
+                              max_length=fit_max_length(self.model, self.cfg.max_length))
+
+    def batch(self, samples: Sequence[Sample]) -> dict:
+        return collate(self._encode(samples), pad_id(self.tok))
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.snapshot.params, lr=self.cfg.lr, name=self.cfg.optimizer,
+                              weight_decay=self.cfg.weight_decay)
+
+    def extras(self, unit: Sequence[Sample], key: str) -> tuple[Optional[Callable[[], dict]], Optional[dict]]:
+        """Retain-batch factory (one retain sample per step, seeded per unit) and the unit's IDK batch."""
+        rng = python_rng(self.cfg.seed, "difficulty", key)
+        retain = (lambda: collate([rng.choice(self.retain)], pad_id(self.tok))) if self.retain else None
+        idk = None
+        if self.method.needs_idk:
+            from mrdkit.data import load_idk
+
+            answers = load_idk()
+            idk = self.batch([s.replace(answer=rng.choice(answers)) for s in unit])
+        return retain, idk
+
+    def done(self, prob: float, logp: float, initial_logp: float) -> bool:
+        if self.cfg.relative is not None:
+            return logp <= self.cfg.relative * initial_logp
+        return prob <= self.cfg.threshold
+
+    def step(self, opt: torch.optim.Optimizer, batch: dict, retain: Any, idk: Any) -> None:
+        """One optimizer update on ``batch`` with the method's loss, through the shared :func:`train_step` (no
+        clipping, no schedule: the ground truth counts plain updates at a fixed lr)."""
+        def loss():
+            return method_loss(self.method, self.model, self.ref, batch, retain() if retain else None, idk)
+
+        train_step([loss], params=self.snapshot.params, optimizer=opt)
+
+    def measure(self, batch: dict) -> tuple[float, float]:
+        return _stat(token_logprobs(self.model, batch), self.cfg.statistic)
+
+    def unit(self, unit: Sequence[Sample], key: str) -> dict[str, Any]:
+        """Updates until the unit is forgotten (per sample: one update = one step; per chunk: one epoch over its
+        mini-batches of ``batch_size``). The statistic is measured on the whole unit after every update."""
+        cfg = self.cfg
+        batch, (retain, idk) = self.batch(unit), self.extras(unit, key)
+        size = cfg.batch_size or len(unit)
+        minis = [batch] if size >= len(unit) else [self.batch(unit[i:i + size]) for i in range(0, len(unit), size)]
+        if idk is not None and len(minis) > 1:
+            raise MrdkitError(f"method {cfg.method!r} needs the whole chunk per step: leave batch_size unset")
+        opt = self.optimizer()
+        prob0, logp0 = prob, logp = self.measure(batch)
+        updates = steps = 0
+        while not self.done(prob, logp, logp0) and updates < cfg.cap:
+            for mini in minis:
+                self.step(opt, mini, retain, idk)
+                steps += 1
+            updates += 1
+            prob, logp = self.measure(batch)
+        l1, l2 = self.snapshot.change()
+        return {"updates": updates, "censored": not self.done(prob, logp, logp0), "steps": steps,
+                "initial_prob": prob0, "final_prob": prob, "initial_logprob": logp0, "final_logprob": logp,
+                "l1_change": l1, "l2_change": l2}

@@ -22,6 +22,7 @@ from mrdkit.data.samples import Sample
 from mrdkit.data.templates import Template, render
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import model_device
+from mrdkit.models import context_length
 
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -57,16 +58,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def max_positions(model: Any) -> Optional[int]:
-    """The model's position limit (``n_positions`` / ``max_position_embeddings``), if its config has one."""
-    config = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def cut_at_stop(new_ids: Sequence[int], stop_ids: set[int]) -> list[int]:
     """New tokens up to (not including) the first EOS/pad: generate pads finished rows after their EOS."""
     out = []
@@ -77,11 +68,11 @@ def cut_at_stop(new_ids: Sequence[int], stop_ids: set[int]) -> list[int]:
     return out
 
 
-def _generate_batch(model: Any, tokenizer: Any, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+def generate_batch(model: Any, tokenizer: Any, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuation ids of one batch (stop tokens removed)."""
     from transformers import GenerationConfig
 
-    limit = max_positions(model)
+    limit = context_length(model)
     width = max(len(r) for r in rows)
     budget = max_new_tokens if limit is None else min(max_new_tokens, limit - width)
     if budget <= 0:  # the prompt alone fills the context window: nothing can be generated
@@ -131,7 +122,7 @@ def generate_greedy(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            new = _generate_batch(model, tokenizer, [ids[i] for i in chunk], max_new_tokens)
+            new = generate_batch(model, tokenizer, [ids[i] for i in chunk], max_new_tokens)
             for i, toks in zip(chunk, new):
                 text = tokenizer.decode(toks, skip_special_tokens=True)
                 out[samples[i].id] = text.strip()

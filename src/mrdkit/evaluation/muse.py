@@ -33,9 +33,10 @@ import torch
 from mrdkit.data import Sample, encode_samples, pad_id, read_records, records_to_samples
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation.answers import score_encoded
-from mrdkit.evaluation.generation import _generate_batch, max_positions, prompt_ids
+from mrdkit.evaluation.generation import generate_batch, prompt_ids
 from mrdkit.evaluation.metrics import muse_auc, perplexity, rouge_l_f1
 from mrdkit.membership import min_k_logprob
+from mrdkit.models import context_length, resolve_model
 
 VERBMEM_NEW_TOKENS, KNOWMEM_NEW_TOKENS, MIN_K = 128, 32, 0.4
 AUC_RETRAIN_NEWS = 0.4772  # MUSE constants.py, AUC_RETRAIN['news']['forget_holdout_Min-40%']
@@ -118,7 +119,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], max
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            new = _generate_batch(model, tokenizer, [list(rows[i]) for i in chunk], max_new_tokens)
+            new = generate_batch(model, tokenizer, [list(rows[i]) for i in chunk], max_new_tokens)
             for i, toks in zip(chunk, new):
                 out[i] = tokenizer.decode(toks, skip_special_tokens=True)
     finally:
@@ -130,7 +131,7 @@ def _prompts(model: Any, tokenizer: Any, samples: Sequence[Sample], new_tokens: 
              max_prompt_tokens: Optional[int]) -> tuple[list[list[int]], list[int]]:
     """Prompt rows clipped to ``max_prompt_tokens`` and to the position limit minus ``new_tokens``; full lengths."""
     rows = prompt_ids(samples, tokenizer, template="raw")
-    limit = max_positions(model)
+    limit = context_length(model)
     caps = [c for c in (max_prompt_tokens, None if limit is None else limit - new_tokens) if c is not None]
     keep = min(caps) if caps else None
     if keep is not None and keep < 1:
@@ -167,7 +168,7 @@ def knowmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], icl: Seq
 def membership_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], *, k: float = MIN_K,
                     max_length: Optional[int] = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
     """Per text: Min-k% membership score (higher = member), summed NLL and token count (start token, no EOS)."""
-    length = max_length or max_positions(model) or 10**9
+    length = max_length or context_length(model) or 10**9
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation is recorded per row instead
         encoded = encode_samples([s.replace(kind="text", prompt="", answer=s.text) for s in samples], tokenizer,
@@ -286,14 +287,11 @@ def run_muse(model: Any, tokenizer: Any, store: Any, cfg: MuseConfig, *, retain:
 def run_from_options(model: Any, tok: Any, store: Any, opts: dict, retain_model: Any, retain_log: Any,
                      dtype: str, device: str, progress: Optional[bool], *, trust_remote_code: bool = False) -> tuple:
     """:func:`run_muse` with :func:`mrdkit.evaluation.runner.evaluate`'s options (``data`` = the folder)."""
-    from mrdkit.evaluation.runner import _resolve_model
-
     if retain_model is not None and retain_log is not None:
         raise MrdkitError("give either a retain model or a retain log, not both")
     cfg = MuseConfig(data_dir=opts["data"], limit=opts["limit"], max_prompt_tokens=opts["max_prompt_tokens"],
                      max_length=opts["max_length"], batch_size=opts["batch_size"])
     retain = retain_log
     if retain_model is not None:
-        retain = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device,
-                                trust_remote_code)
+        retain = resolve_model(retain_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return run_muse(model, tok, store, cfg, retain=retain, progress=progress)

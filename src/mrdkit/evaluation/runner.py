@@ -13,8 +13,9 @@ Skipping: a task (one model pass over one split) whose columns are already in ``
 sample is not run again unless ``overwrite``; aggregates and derived metrics are always recomputed from the rows
 (cheap), so a new retain reference updates forget quality without touching the model.
 
-The run directory itself (identity check, ``eval_samples.jsonl`` row store, final outputs) is
-:mod:`~mrdkit.evaluation.eval_store`, re-exported here.
+The run directory: :data:`IDENTITY` names the options that change the numbers (a directory made with other values
+is refused without ``overwrite``); :class:`RowStore` keeps the per-sample rows keyed by (split, id) in
+``eval_samples.jsonl``, saved after every task.
 """
 
 from __future__ import annotations
@@ -22,15 +23,80 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation import tofu
-# re-exported: these lived here before the split, `from mrdkit.evaluation.runner import ...` keeps working
-from mrdkit.evaluation.eval_store import IDENTITY, RowStore, _open_store, _write_outputs
 from mrdkit.evaluation.tofu import Reference, TofuConfig
+from mrdkit.models import resolve_model
 
 BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
+
+
+# options that change the numbers; a run directory made with other values is refused without overwrite
+IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
+            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens")
+
+
+class RowStore:
+    """Per-sample rows keyed by (split, id), persisted to ``eval_samples.jsonl`` after every task."""
+
+    def __init__(self, out: Path | None, rows: Sequence[dict] = ()):
+        self.out = out
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {(r["split"], r["id"]): dict(r) for r in rows}
+
+    def has(self, split: str, ids: Sequence[str], columns: Sequence[str]) -> bool:
+        """Whether every sample of ``split`` already has every column."""
+        return all(all(c in self.rows.get((split, i), {}) for c in columns) for i in ids)
+
+    def merge(self, split: str, ids: Sequence[str], columns: dict[str, dict[str, Any]]) -> None:
+        for index, sid in enumerate(ids):
+            row = self.rows.setdefault((split, sid), {"id": sid, "split": split, "index": index})
+            row.update(columns.get(sid, {}))
+        self.save()
+
+    def split(self, split: str) -> dict[str, dict[str, Any]]:
+        return {sid: row for (sp, sid), row in self.rows.items() if sp == split}
+
+    def save(self) -> None:
+        if self.out is not None:
+            from mrdkit.runs import atomic_write_jsonl
+
+            atomic_write_jsonl(self.out / "eval_samples.jsonl", list(self.rows.values()))
+
+
+def open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> RowStore:
+    """Check an existing run directory's identity and load its rows (none when ``overwrite``)."""
+    if out is None:
+        return RowStore(None)
+    from mrdkit.runs import RunDir, read_json, read_jsonl
+
+    rows: list[dict] = []
+    if not overwrite and (out / "config.json").is_file():
+        previous = read_json(out / "config.json")
+        diff = sorted(k for k in IDENTITY if previous.get(k) != identity.get(k))
+        if diff:
+            raise MrdkitError(f"{out} holds an evaluation with other settings (differs in: {', '.join(diff)}); "
+                              f"use --overwrite or another --out")
+        if (out / "eval_samples.jsonl").is_file():
+            rows = read_jsonl(out / "eval_samples.jsonl")
+    RunDir(out, identity, overwrite=True)
+    return RowStore(out, rows)
+
+
+def write_outputs(out: Path, result: EvalResult) -> None:
+    """``eval.json`` (forget truth ratios per sample: a retain log), community files, ``DONE.json``."""
+    from mrdkit.evaluation.community import write_community
+    from mrdkit.runs import atomic_write_json
+
+    metrics = {k: dict(v) for k, v in result.metrics.items()}
+    if "forget_truth_ratio" in metrics:
+        metrics["forget_truth_ratio"]["per_sample"] = {r["id"]: r["truth_ratio"] for r in result.rows
+                                                       if r["split"] == "forget" and "truth_ratio" in r}
+    atomic_write_json(out / "eval.json", {"metrics": metrics, "meta": result.meta})
+    if result.community is not None:
+        write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"] == "muse-news" else "TOFU")
+    atomic_write_json(out / "DONE.json", {"seconds": result.meta["seconds"]})
 
 
 @dataclass
@@ -58,21 +124,6 @@ class EvalResult:
         return self.metrics[name]["value"]
 
 
-def _resolve_model(model: Any, tokenizer: Any, dtype: str, device: str,
-                   trust_remote_code: bool = False) -> tuple[Any, Any, str | None]:
-    """(module, tokenizer, spec) from a spec string, a :class:`~mrdkit.models.LoadedModel` or a module."""
-    if isinstance(model, (str, Path)):
-        from mrdkit.models import load_model
-
-        lm = load_model(str(model), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        return lm.model, lm.tokenizer, str(model)
-    if hasattr(model, "tokenizer") and hasattr(model, "model"):
-        return model.model, model.tokenizer, getattr(model, "spec", None)
-    if tokenizer is None:
-        raise MrdkitError("evaluate(model=<module>) needs tokenizer=...")
-    return model, tokenizer, None
-
-
 def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, device: str,
                trust_remote_code: bool = False) -> Reference | None:
     """The forget-quality / privleak reference: a retain log, or a retain model evaluated now (forget + holdout
@@ -83,8 +134,7 @@ def _reference(retain_model: Any, retain_log: Any, cfg: TofuConfig, dtype: str, 
         return reference_from_log(retain_log)
     if retain_model is None:
         return None
-    module, tok, spec = _resolve_model(retain_model, getattr(retain_model, "tokenizer", None), dtype, device,
-                                       trust_remote_code)
+    module, tok, spec = resolve_model(retain_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return tofu.reference_from_model(module, tok, cfg, spec or "in-memory retain model")
 
 
@@ -224,14 +274,14 @@ def evaluate(
     start = time.time()
     if max_length is None and benchmark != "muse-news":
         max_length = 512
-    module, tok, spec = _resolve_model(model, tokenizer, dtype, device, trust_remote_code)
+    module, tok, spec = resolve_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     opts = dict(benchmark=benchmark, model=spec, forget_split=forget_split if benchmark == "tofu" else None,
                 data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
                 mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
                 max_prompt_tokens=max_prompt_tokens)
     out = None if out_dir is None else Path(out_dir)
-    store = _open_store(out, opts, overwrite)
+    store = open_store(out, opts, overwrite)
     cfg = TofuConfig(forget_split=forget_split, source=tofu_source, template=template, batch_size=batch_size,
                      max_length=max_length, max_new_tokens=max_new_tokens, limit=limit)
     if benchmark == "tofu":
@@ -254,5 +304,5 @@ def evaluate(
             "reference": getattr(ref, "source", ref)}
     result = EvalResult(metrics=metrics, rows=rows, meta=meta, community=community, out_dir=out)
     if out is not None:
-        _write_outputs(out, result)
+        write_outputs(out, result)
     return result

@@ -1,22 +1,30 @@
 """MRD scoring (Feng et al. 2025, "A Neuro-inspired Interpretation of Unlearning in LLMs through Sample-level
-Unlearning Difficulty", arXiv 2504.06658): exact weight perturbation, streaming estimators, the common-random-
-number engine, the Hutchinson curvature check and cheap difficulty baselines.
+Unlearning Difficulty", arXiv 2504.06658): exact weight perturbation (``perturb``), streaming estimators
+(``estimators``), the common-random-number engine (``engine``) and its multi-process form (``distributed``),
+``score_mrd`` with its result and run directory (``mrd``), the Hutchinson curvature check (``curvature``) and cheap
+difficulty baselines (``proxies``). Settings travel as one :class:`~mrdkit.scoring.config.MRDConfig`.
+
+Names are resolved lazily, so ``import mrdkit.scoring`` stays cheap.
 """
 
-from mrdkit.scoring.curvature import HutchinsonResult, eager_attention, hutchinson_trace, predicted_curvature
-from mrdkit.scoring.engine import EngineResult, canonical_batches, floor_check, score_batches, sigma_scaling_check
-from mrdkit.scoring.estimators import (ESTIMATORS, Accumulator, AntitheticAccumulator, EstimateResult,
-                                       PaperAccumulator, accumulator_from_state, antithetic_estimate,
-                                       make_accumulator, paper_estimate, relative_change, resume_accumulator)
-from mrdkit.scoring.perturb import Perturber, eval_mode, perturbed, select_parameters
-from mrdkit.scoring.lowmem import LowMemPerturber, make_perturber
-from mrdkit.scoring.mrd import MRDConfig, MRDResult, load_mrd_result, score_mrd
-from mrdkit.scoring.proxies import compute_proxies
+from __future__ import annotations
 
-__all__ = [
-    "ESTIMATORS", "LowMemPerturber", "make_perturber", "MRDConfig", "MRDResult", "load_mrd_result", "score_mrd", "Accumulator", "AntitheticAccumulator", "EngineResult", "EstimateResult", "HutchinsonResult",
-    "PaperAccumulator", "Perturber", "accumulator_from_state", "antithetic_estimate", "canonical_batches",
-    "compute_proxies", "eager_attention", "eval_mode", "floor_check", "hutchinson_trace", "make_accumulator",
-    "paper_estimate", "perturbed", "predicted_curvature", "relative_change", "resume_accumulator", "score_batches",
-    "select_parameters", "sigma_scaling_check",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "MRDConfig": "mrdkit.scoring.config", "MRDResult": "mrdkit.scoring.mrd", "score_mrd": "mrdkit.scoring.mrd",
+    "load_mrd_result": "mrdkit.scoring.mrd", "ESTIMATORS": "mrdkit.scoring.estimators",
+    "score_batches": "mrdkit.scoring.engine", "floor_check": "mrdkit.scoring.engine",
+    "Perturber": "mrdkit.scoring.perturb", "LowMemPerturber": "mrdkit.scoring.perturb",
+    "perturbed": "mrdkit.scoring.perturb", "hutchinson_trace": "mrdkit.scoring.curvature",
+    "compute_proxies": "mrdkit.scoring.proxies",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mrdkit.scoring' has no attribute {name!r}")

@@ -30,6 +30,7 @@ import torch
 
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
+from mrdkit.scoring.engine import single_samples
 from mrdkit.scoring.estimators import mean_and_stderr
 from mrdkit.scoring.perturb import eval_mode, select_parameters
 from mrdkit.seeding import make_generator
@@ -86,16 +87,6 @@ def eager_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.set_attn_implementation(current)
-
-
-def single_samples(batches: Iterable[Batch]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(id, one-row batch)`` for every sample, trimmed to its attention length (right padding)."""
-    for batch in batches:
-        ids = batch.get("ids")
-        ids = [str(i) for i in range(batch["input_ids"].shape[0])] if ids is None else ids
-        for i, sid in enumerate(ids):
-            length = int(batch["attention_mask"][i].sum())
-            yield str(sid), {k: batch[k][i:i + 1, :length] for k in ("input_ids", "attention_mask", "labels")}
 
 
 def rademacher_probe(params: list[tuple[str, torch.Tensor]], seed: int, index: int,

@@ -18,23 +18,28 @@ needs the same world size and shard mode. Only rank 0 writes the run directory's
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from mrdkit.dist import agree, gather_objects, init_distributed
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import model_device
-from mrdkit.scoring.dist_comm import (  # noqa: F401 - re-exported: the public names live here too
-    agree, env_world_size, gather_objects, init_distributed, on_rank0, wants_distributed)
-from mrdkit.scoring.engine import EngineResult, base_pass, batch_ids, draw_values
+from mrdkit.scoring.config import SHARDS, MRDConfig
+from mrdkit.scoring.engine import (
+    EngineResult,
+    base_pass,
+    batch_ids,
+    draw_values,
+    engine_config,
+    resolve_config,
+    run_meta,
+)
 from mrdkit.scoring.estimators import ESTIMATORS, make_accumulator
-from mrdkit.scoring.lowmem import make_perturber
-from mrdkit.scoring.perturb import eval_mode, select_parameters
+from mrdkit.scoring.perturb import eval_mode, make_perturber, select_parameters
 
-SHARDS = ("draws", "samples")
 STATE = "rank{rank}.safetensors"
 
 
@@ -88,25 +93,23 @@ def load_shard(path: Path, meta: dict[str, Any]) -> dict[int, torch.Tensor]:
     """This rank's saved ``{draw: (S, n_r) values}``; refuses a file made by another plan or settings."""
     from safetensors import safe_open
 
-    from mrdkit.runs import differing_keys
+    from mrdkit.runs import refuse_if_differs
 
     if not path.exists():
         return {}
     with safe_open(str(path), framework="pt") as fh:
         saved, raw, keys = json.loads(fh.metadata()["meta"]), fh.get_tensor("raw"), fh.get_tensor("draws")
-    diff = differing_keys(saved, meta)
-    if diff:
-        raise MrdkitError(f"{path} was written by another run or layout (differs in: {', '.join(diff)}); resume "
-                          "with the same world size, shard mode and settings, or start afresh")
+    refuse_if_differs(saved, meta, f"{path} was written by another run or layout",
+                      "resume with the same world size, shard mode and settings, or start afresh")
     return {int(k): raw[:, :, j].clone() for j, k in enumerate(keys.tolist())}
 
 
 def _run_shard(model, batches, plan: ShardPlan, done: dict[int, torch.Tensor], save: Callable[[bool], None],
-               progress, *, estimator: str, draws: int, perturb_mode: str, width_multiple, param_pattern, **noise):
+               progress, cfg: MRDConfig, width_multiple):
     """Score this rank's draws (skipping those in ``done``) on its rows; returns (base, names, n_elements, passes)."""
-    signs = ESTIMATORS.get(estimator).signs
-    params = select_parameters(model, param_pattern)
-    with eval_mode(model), make_perturber(perturb_mode, model, params, **noise) as pert:
+    signs = ESTIMATORS.get(cfg.estimator).signs
+    params = select_parameters(model, cfg.param_pattern)
+    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, **cfg.noise()) as pert:
         base = base_pass(model, batches, width_multiple)
         passes = len(base.batches)
         for i, k in enumerate(plan.draws):
@@ -116,13 +119,14 @@ def _run_shard(model, batches, plan: ShardPlan, done: dict[int, torch.Tensor], s
             passes += len(signs) * len(base.batches)
             save(i + 1 == len(plan.draws))
             if progress is not None:  # approximate draws done by all ranks (they run in step)
-                progress(min((i + 1) * plan.world, draws) if plan.shard == "draws" else i + 1, draws)
+                progress(min((i + 1) * plan.world, cfg.draws) if plan.shard == "draws" else i + 1, cfg.draws)
     return base, pert.names, pert.n_elements, passes
 
 
-def _assemble(parts: list[dict[str, Any]], n: int, draws: int, estimator: str, clip, meta):
+def _assemble(parts: list[dict[str, Any]], n: int, cfg: MRDConfig, meta):
     """Put every rank's values back at (rows, draws) and feed one accumulator in draw order 0..K-1."""
-    full = torch.zeros(len(ESTIMATORS.get(estimator).signs), n, draws, dtype=torch.float64)
+    draws = cfg.draws
+    full = torch.zeros(len(ESTIMATORS.get(cfg.estimator).signs), n, draws, dtype=torch.float64)
     seen = torch.zeros(n, draws, dtype=torch.bool)
     base, n_tokens = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.int64)
     for part in parts:
@@ -132,33 +136,30 @@ def _assemble(parts: list[dict[str, Any]], n: int, draws: int, estimator: str, c
         base[rows], n_tokens[rows] = part["base"], part["n_tokens"]
     if not bool(seen.all()):  # a plan bug, never silently zeros
         raise MrdkitError("distributed MRD: some (sample, draw) values are missing after the gather")
-    acc = make_accumulator(estimator, n, meta=meta)
+    acc = make_accumulator(cfg.estimator, n, meta=meta)
     for k in range(draws):
         acc.add(k, *full[:, :, k])
-    return acc.finalize(clip), base, n_tokens
+    return acc.finalize(cfg.clip), base, n_tokens
 
 
-def score_batches_distributed(model: torch.nn.Module, batches: Sequence[dict[str, Any]], *, draws: int, sigma: float,
-                              estimator: str = "antithetic", seed: int = 0, scheme: str = "mrdkit",
-                              param_pattern: Optional[str] = None, relative: bool = False, clip: Optional[float] = None,
-                              width_multiple: Optional[int] = 8, perturb_mode: str = "copy", shard: str = "draws",
-                              state_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int = 1,
-                              progress: Optional[Callable[[int, int], None]] = None) -> EngineResult:
+def score_batches_distributed(model: torch.nn.Module, batches: Sequence[dict[str, Any]],
+                              cfg: Optional[MRDConfig] = None, *, width_multiple: Optional[int] = 8,
+                              state_dir: str | Path | None = None, resume: bool = False,
+                              progress: Optional[Callable[[int, int], None]] = None, **overrides: Any) -> EngineResult:
     """:func:`mrdkit.scoring.engine.score_batches` split over the ranks of the default process group.
 
-    Call it on every rank with the same arguments. Returns the full :class:`EngineResult` on every rank, bitwise
-    equal to the 1-process result (``forward_passes`` counts all ranks). ``state_dir``: where each rank saves
-    ``rank{r}.safetensors`` every ``checkpoint_every`` new draws; ``resume`` continues from those files.
+    Call it on every rank with the same arguments. ``cfg.shard`` picks the split (``draws`` or ``samples``).
+    Returns the full :class:`EngineResult` on every rank, bitwise equal to the 1-process result
+    (``forward_passes`` counts all ranks). ``state_dir``: where each rank saves ``rank{r}.safetensors`` every
+    ``cfg.checkpoint_every`` new draws; ``resume`` continues from those files.
     """
-    if draws < 1:
-        raise MrdkitError(f"need draws >= 1 (got {draws})")
+    cfg = resolve_config(cfg, overrides)
     rank, world = init_distributed(model_device(model))
     batches, ids = list(batches), batch_ids(list(batches))
-    plan = plan_shard(shard, rank, world, len(ids), draws)
+    plan = plan_shard(cfg.shard, rank, world, len(ids), cfg.draws)
     mine = slice_rows(batches, plan.lo, plan.hi)
-    meta = {"estimator": estimator, "sigma": float(sigma), "seed": int(seed), "scheme": scheme,
-            "relative": bool(relative), "param_pattern": param_pattern, "width_multiple": width_multiple}
-    shard_meta = meta | {"shard": shard, "rank": rank, "world": world, "lo": plan.lo, "hi": plan.hi,
+    meta = {k: v for k, v in run_meta(cfg, ids, width_multiple).items() if k != "ids"}
+    shard_meta = meta | {"shard": cfg.shard, "rank": rank, "world": world, "lo": plan.lo, "hi": plan.hi,
                          "ids": ids[plan.lo:plan.hi]}
     path = Path(state_dir) / STATE.format(rank=rank) if state_dir is not None else None
     done, error = {}, None
@@ -172,56 +173,14 @@ def score_batches_distributed(model: torch.nn.Module, batches: Sequence[dict[str
 
     def save(last: bool) -> None:  # every checkpoint_every new draws and after this rank's last draw
         new.append(1)
-        if path is not None and (last or len(new) % checkpoint_every == 0):
+        if path is not None and (last or len(new) % cfg.checkpoint_every == 0):
             save_shard(path, done, shard_meta)
 
-    base, names, n_elements, passes = _run_shard(
-        model, mine, plan, done, save, progress, estimator=estimator, draws=draws, perturb_mode=perturb_mode,
-        width_multiple=width_multiple, param_pattern=param_pattern, sigma=sigma, seed=seed, relative=relative,
-        scheme=scheme)
+    base, names, n_elements, passes = _run_shard(model, mine, plan, done, save, progress, cfg, width_multiple)
     keys = sorted(done)
     part = {"lo": plan.lo, "hi": plan.hi, "draws": keys, "passes": passes, "base": base.sequence_logprob(),
             "n_tokens": base.n_tokens(), "raw": torch.stack([done[k] for k in keys], dim=2) if keys else torch.zeros(0)}
     parts = gather_objects(part, world)
-    est, base_lp, n_tokens = _assemble(parts, len(ids), draws, estimator, clip, meta)
-    config = meta | {"draws": int(draws), "clip": clip, "perturb_mode": perturb_mode, "shard": shard,
-                     "world_size": world}
+    est, base_lp, n_tokens = _assemble(parts, len(ids), cfg, meta)
+    config = engine_config(cfg, meta, shard=cfg.shard, world_size=world)
     return EngineResult(ids, est, base_lp, n_tokens, config, names, n_elements, sum(p["passes"] for p in parts))
-
-
-def score_mrd_distributed(module: torch.nn.Module, samples: Sequence[Any], tokenizer: Any, cfg: Any, *,
-                          out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                          progress: Optional[Callable[[int, int], None]] = None):
-    """The distributed body of :func:`mrdkit.scoring.mrd.score_mrd` (same outputs; only rank 0 writes them).
-
-    Rank 0 opens the run directory, computes proxies and the floating-point floor check and shares them; every
-    rank scores its shard (``cfg.shard``) with per-rank state in ``<out_dir>/state``. Returns the full
-    :class:`~mrdkit.scoring.mrd.MRDResult` on every rank.
-    """
-    from mrdkit.scoring import mrd as m
-
-    rank, world = init_distributed(model_device(module))
-    from mrdkit.models import model_fingerprint
-
-    run = on_rank0(lambda: m._open_run(out_dir, cfg, samples, resume, overwrite, model=model_fingerprint(module),
-                                       world_size=world), rank, world, share=False)
-    batches = m.make_batches(samples, tokenizer, cfg, module)
-
-    def rank0_work(timing: dict[str, float]) -> tuple[Any, Any, dict[str, float]]:
-        proxies = m._proxies(module, batches, samples, cfg, run, timing)
-        return proxies, m._floor_diagnostics(module, batches, cfg), timing
-
-    proxies, diagnostics, timing = on_rank0(lambda: rank0_work({}), rank, world)
-    tic = time.perf_counter()
-    result = score_batches_distributed(
-        module, batches, draws=cfg.draws, sigma=cfg.sigma, estimator=cfg.estimator, seed=cfg.seed,
-        scheme=cfg.scheme, param_pattern=cfg.param_pattern, relative=cfg.relative, clip=cfg.clip,
-        perturb_mode=cfg.perturb_mode, shard=cfg.shard, resume=resume, checkpoint_every=cfg.checkpoint_every,
-        state_dir=Path(out_dir) / "state" if out_dir is not None else None, progress=progress)
-    timing.update(draws_s=time.perf_counter() - tic, forward_passes=float(result.forward_passes))
-    out = m._to_result(result, proxies, cfg, timing, run)
-    out.diagnostics, out.out_dir = diagnostics, Path(out_dir) if out_dir is not None else None
-    if run is not None:
-        m.write_outputs(run, out, result.estimate.first_order_values)
-    gather_objects(None, world)  # barrier: every rank returns after rank 0 has written the outputs
-    return out

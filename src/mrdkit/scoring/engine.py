@@ -6,9 +6,13 @@ that perturbation with :func:`mrdkit.logprob.token_logprobs`, every sample is re
 ``r = sum_t (l_t - l'_t)/l_t``, and the weights are restored bit-exactly. All samples share the K draws (common
 random numbers: stabler rankings); the reference code re-runs the unperturbed forward per draw and per sample.
 
-Canonical re-batching lives in :mod:`mrdkit.scoring.batching` (re-exported here). The functions of the draw loop
-(:func:`base_pass`, :func:`relative_changes`, :func:`draw_values`, :func:`score_batches`) stay in this module and
-look up ``token_logprobs`` / ``relative_change`` / ``base_pass`` in its globals, so patching them here (e.g. to
+Batches are first re-batched canonically (:func:`canonical_batches`): on CPU a forward pass is bitwise
+independent of the batch size at a fixed padded width, but NOT of the width, so every sample is padded to a
+width set by its own length alone; MRD is then bitwise independent of the caller's batching.
+
+Every function takes the run's :class:`~mrdkit.scoring.config.MRDConfig` (estimator, K, noise, perturb mode).
+The draw loop (:func:`base_pass`, :func:`relative_changes`, :func:`draw_values`, :func:`score_batches`) looks up
+``token_logprobs`` / ``relative_change`` / ``base_pass`` in this module's globals, so patching them here (e.g. to
 time them, ``benchmarks/mrd_speed.py``) reaches every call.
 """
 
@@ -18,17 +22,93 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
 from mrdkit.errors import MrdkitError
-from mrdkit.logprob import model_device, token_logprobs
-from mrdkit.scoring.batching import _KEYS, Batch, _pad_group, _row_length, batch_ids, canonical_batches  # noqa: F401
-from mrdkit.scoring.estimators import (ESTIMATORS, Accumulator, EstimateResult, masked_row_sums, relative_change,
-                                       resume_accumulator)
-from mrdkit.scoring.lowmem import make_perturber
-from mrdkit.scoring.perturb import eval_mode, select_parameters
+from mrdkit.logprob import IGNORE_INDEX, model_device, token_logprobs
+from mrdkit.models import context_length
+from mrdkit.scoring.config import MRDConfig
+from mrdkit.scoring.estimators import (
+    Accumulator,
+    EstimateResult,
+    masked_row_sums,
+    relative_change,
+    resume_accumulator,
+)
+from mrdkit.scoring.perturb import eval_mode, make_perturber, select_parameters
+
+Batch = Mapping[str, Any]
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def batch_ids(batches: list[Batch]) -> list[str]:
+    """Sample ids in batch order (``str`` of each ``ids`` entry; the running row index where a batch has none)."""
+    ids: list[str] = []
+    for b in batches:
+        ids.extend(str(i) for i in b.get("ids", range(len(ids), len(ids) + b["input_ids"].shape[0])))
+    return ids
+
+
+def _row_length(batch: Batch, i: int) -> int:
+    """Used length of row i under right padding: one past the last attended or scored position."""
+    used = (batch["attention_mask"][i] != 0) | (batch["labels"][i] != IGNORE_INDEX)
+    idx = used.nonzero()
+    return int(idx.max()) + 1 if idx.numel() else 1
+
+
+def canonical_batches(batches: Iterable[Batch], multiple: int = 8, max_width: Optional[int] = None
+                      ) -> tuple[list[Batch], list[str], torch.Tensor]:
+    """Re-batch so that every sample is padded to ``round_up(length, multiple)``, a width set by itself alone.
+
+    Why: on CPU a forward pass is bitwise independent of the batch size at a fixed padded width, but NOT of the
+    width (softmax and attention products reduce over the key axis; tiny fp32 GPT-2: half the samples change).
+    A per-sample width makes MRD bitwise independent of the caller's batching and trims padding. Rows per batch
+    stay <= the largest input batch; ``max_width`` (the model's position limit) caps the width.
+
+    Returns:
+        (batches, ids in input order, order) where ``order[j]`` is the input position of canonical row j.
+    """
+    batches, rows = list(batches), []  # rows: (width, input position, input_ids, attention_mask, labels)
+    ids = batch_ids(batches)
+    for batch in batches:
+        for i in range(batch["input_ids"].shape[0]):
+            length = _row_length(batch, i)
+            width = -(-length // multiple) * multiple
+            width = max(length, min(width, max_width)) if max_width else width
+            rows.append((width, len(rows)) + tuple(batch[k][i, :length] for k in BATCH_KEYS))
+    max_rows = max((b["input_ids"].shape[0] for b in batches), default=1)
+    groups: list[list[tuple]] = []
+    for row in sorted(rows, key=lambda r: (r[0], r[1])):
+        if not groups or groups[-1][0][0] != row[0] or len(groups[-1]) == max_rows:
+            groups.append([])
+        groups[-1].append(row)
+    out = [_pad_group(group, ids) for group in groups]
+    return out, ids, torch.tensor([row[1] for group in groups for row in group], dtype=torch.long)
+
+
+def _pad_group(group: list[tuple], ids: list[str]) -> dict[str, Any]:
+    """Right-pad trimmed rows of one width into a batch (pad input 0, attention 0, labels -100)."""
+    width = group[0][0]
+    batch: dict[str, Any] = {}
+    for j, (key, fill) in enumerate(zip(BATCH_KEYS, (0, 0, IGNORE_INDEX))):
+        batch[key] = torch.full((len(group), width), fill, dtype=group[0][2 + j].dtype)
+        for r, row in enumerate(group):
+            batch[key][r, :row[2 + j].shape[0]] = row[2 + j]
+    batch["ids"] = [ids[row[1]] for row in group]
+    return batch
+
+
+def single_samples(batches: Iterable[Batch]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(id, one-row batch)`` for every sample, trimmed to its attention length (right padding)."""
+    for batch in batches:
+        ids = batch.get("ids")
+        ids = [str(i) for i in range(batch["input_ids"].shape[0])] if ids is None else ids
+        for i, sid in enumerate(ids):
+            length = int(batch["attention_mask"][i].sum())
+            yield str(sid), {k: batch[k][i:i + 1, :length] for k in ("input_ids", "attention_mask", "labels")}
+
 
 
 @dataclass
@@ -87,12 +167,6 @@ class BasePass:
         return self.to_input_order([m.sum(dim=-1) for m in self.masks])
 
 
-def max_positions(model: torch.nn.Module) -> Optional[int]:
-    """The model's position limit (``n_positions`` / ``max_position_embeddings``), or None when unknown."""
-    config = getattr(model, "config", None)
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def base_pass(model: torch.nn.Module, batches: Iterable[Batch], width_multiple: Optional[int] = 8) -> BasePass:
     """The one unperturbed pass of a scoring run, on :func:`canonical_batches` (or, if ``width_multiple`` is
     None, on the batches as given)."""
@@ -100,7 +174,7 @@ def base_pass(model: torch.nn.Module, batches: Iterable[Batch], width_multiple: 
     if width_multiple is None:
         ids, order = batch_ids(batches), torch.arange(sum(b["input_ids"].shape[0] for b in batches))
     else:
-        batches, ids, order = canonical_batches(batches, width_multiple, max_positions(model))
+        batches, ids, order = canonical_batches(batches, width_multiple, context_length(model))
     # moved to the model's device once, not once per draw
     batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
     lps = [token_logprobs(model, batch) for batch in batches]
@@ -128,13 +202,24 @@ def draw_values(model: torch.nn.Module, base: BasePass, pert: Any, draw: int, si
     return rs
 
 
-def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: int, sigma: float,
-                  estimator: str = "antithetic", seed: int = 0, scheme: str = "mrdkit",
-                  param_pattern: Optional[str] = None, relative: bool = False, clip: Optional[float] = None,
+def resolve_config(cfg: Optional[MRDConfig], overrides: Mapping[str, Any]) -> MRDConfig:
+    """``cfg`` (default :class:`MRDConfig`) with keyword ``overrides`` applied and validated (sigma = 0 allowed
+    here: the engine's exact-zero check)."""
+    return (cfg or MRDConfig()).with_overrides(allow_zero_sigma=True, **overrides)
+
+
+def run_meta(cfg: MRDConfig, ids: list[str], width_multiple: Optional[int]) -> dict[str, Any]:
+    """What a saved accumulator must match to be resumed: the noise, the estimator and the samples."""
+    return {"estimator": cfg.estimator, **cfg.noise(), "param_pattern": cfg.param_pattern,
+            "width_multiple": width_multiple,
+            "ids": hashlib.blake2b("\n".join(ids).encode(), digest_size=8).hexdigest()}
+
+
+def score_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optional[MRDConfig] = None, *,
                   progress: Optional[Callable[[int, int], None]] = None,
                   checkpoint: Optional[Callable[[int, dict[str, Any]], None]] = None, start_draw: int = 0,
                   accumulator: Union[Accumulator, Mapping[str, Any], None] = None,
-                  width_multiple: Optional[int] = 8, perturb_mode: str = "copy") -> EngineResult:
+                  width_multiple: Optional[int] = 8, **overrides: Any) -> EngineResult:
     """Score MRD for every sample of ``batches`` (arXiv 2504.06658) with common random numbers.
 
     ``MRD(x) = | (1/K) sum_k sum_t (l_t(theta) - l_t(theta + delta_k)) / l_t(theta) |``, delta_k ~ N(0, sigma^2 I)
@@ -144,45 +229,42 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], *, draws: in
     Args:
         model: causal LM in float32/float64; put in eval mode during scoring, weights restored bit-exactly.
         batches: dicts with input_ids, attention_mask, labels (-100 = not scored) and ids; iterated repeatedly.
-        draws: total number of draws K. sigma: noise scale (paper: 1e-5).
-        estimator: ``paper`` or ``antithetic``. seed: run seed (noise of draw k does not depend on batching).
-        scheme: ``mrdkit`` or ``reference`` noise (see :mod:`mrdkit.scoring.perturb`).
-        param_pattern: regex selecting the perturbed parameters (default: all trainable).
-        relative: noise ``sigma * |theta| * z``. clip: clip MRD at this value (reference code: 2.0).
+        cfg: the run's settings (``draws`` K, ``sigma``, ``estimator``, ``seed``, ``scheme``, ``param_pattern``,
+            ``relative``, ``clip``, ``perturb_mode``); keyword ``overrides`` replace fields of it (or of the
+            defaults), e.g. ``score_batches(model, batches, draws=16, sigma=1e-4)``.
         progress: ``progress(draws_done, draws_total)`` after each draw.
         checkpoint: ``checkpoint(draw_index, accumulator_state)`` after each draw (save it to resume).
         start_draw, accumulator: resume from a checkpoint; bitwise identical to an uninterrupted run.
         width_multiple: pad each sample to a multiple of this whatever its batch (:func:`canonical_batches`);
             ``None`` evaluates the batches as given.
-        perturb_mode: ``copy`` (one clone of all perturbed weights) or ``lowmem`` (one module's weights at a
-            time, :mod:`mrdkit.scoring.lowmem`); bitwise-equal numbers.
 
     Returns:
         :class:`EngineResult` (per-sample tensors in the input order of ``ids``).
     """
-    if draws < 1 or not 0 <= start_draw <= draws:
-        raise MrdkitError(f"need draws >= 1 and 0 <= start_draw <= draws (got draws={draws}, start={start_draw})")
-    ESTIMATORS.get(estimator)  # fail on a bad name before any forward pass (so do Perturber's checks)
-    params = select_parameters(model, param_pattern)
-    with eval_mode(model), make_perturber(perturb_mode, model, params, sigma=sigma, seed=seed, relative=relative,
-                                          scheme=scheme) as pert:
+    cfg = resolve_config(cfg, overrides)
+    if not 0 <= start_draw <= cfg.draws:
+        raise MrdkitError(f"need 0 <= start_draw <= draws (got draws={cfg.draws}, start={start_draw})")
+    params = select_parameters(model, cfg.param_pattern)
+    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, **cfg.noise()) as pert:
         base = base_pass(model, batches, width_multiple)
-        meta = {"estimator": estimator, "sigma": float(sigma), "seed": int(seed), "scheme": scheme,
-                "relative": bool(relative), "param_pattern": param_pattern, "width_multiple": width_multiple,
-                "ids": hashlib.blake2b("\n".join(base.ids).encode(), digest_size=8).hexdigest()}
-        acc = resume_accumulator(accumulator, start_draw, estimator, len(base.ids), meta)
+        meta = run_meta(cfg, base.ids, width_multiple)
+        acc = resume_accumulator(accumulator, start_draw, cfg.estimator, len(base.ids), meta)
         passes = len(base.batches)
-        for k in range(start_draw, draws):
+        for k in range(start_draw, cfg.draws):
             acc.add(k, *draw_values(model, base, pert, k, acc.signs))
             passes += len(acc.signs) * len(base.batches)
             if checkpoint is not None:
                 checkpoint(k, acc.state_dict())
             if progress is not None:
-                progress(k + 1, draws)
-    config = {k: v for k, v in meta.items() if k != "ids"} | {"draws": int(draws), "clip": clip,
-                                                              "perturb_mode": perturb_mode}
-    return EngineResult(base.ids, acc.finalize(clip), base.sequence_logprob(), base.n_tokens(), config,
-                        pert.names, pert.n_elements, passes)
+                progress(k + 1, cfg.draws)
+    return EngineResult(base.ids, acc.finalize(cfg.clip), base.sequence_logprob(), base.n_tokens(),
+                        engine_config(cfg, meta), pert.names, pert.n_elements, passes)
+
+
+def engine_config(cfg: MRDConfig, meta: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The settings an :class:`EngineResult` reports (those that produced its numbers)."""
+    return {k: v for k, v in meta.items() if k != "ids"} | {"draws": int(cfg.draws), "clip": cfg.clip,
+                                                            "perturb_mode": cfg.perturb_mode, **extra}
 
 
 def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, signs: tuple[int, ...],
@@ -196,30 +278,30 @@ def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, sign
     return out
 
 
-def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: float = 1e-5, seed: int = 0,
-                param_pattern: Optional[str] = None, relative: bool = False, scheme: str = "mrdkit",
-                factor: float = 100.0, perturb_mode: str = "copy") -> dict[str, Any]:
+def floor_check(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optional[MRDConfig] = None, *,
+                factor: float = 100.0, **overrides: Any) -> dict[str, Any]:
     """Is a sigma-perturbation visible above the floating-point floor of the sequence log-prob ``S = sum_t l_t``?
 
     Floor: the larger of (a) ``max |S - S_repeat|`` over two unperturbed passes (non-determinism; 0 on CPU) and
     (b) ``max |S(theta (1 + eps z)) - S|``, a ~1-ulp relative weight jitter (eps = machine epsilon of the dtype).
-    Effects of one draw ``delta ~ N(0, sigma^2 I)``: total ``|S(theta + delta) - S|`` (first-order dominated) and
-    curvature ``|S(theta + delta) + S(theta - delta) - 2 S| / 2``, the part the antithetic MRD estimator keeps
-    (arXiv 2504.06658; paper-notes sec. 1-2). Warns (``warnings.warn``) when a median effect < factor x floor.
-    ``perturb_mode`` as in :func:`score_batches` (``lowmem`` for models without room for a weight copy).
+    Effects of one draw ``delta ~ N(0, sigma^2 I)`` of ``cfg``'s noise: total ``|S(theta + delta) - S|``
+    (first-order dominated) and curvature ``|S(theta + delta) + S(theta - delta) - 2 S| / 2``, the part the
+    antithetic MRD estimator keeps (arXiv 2504.06658; paper-notes sec. 1-2). Warns (``warnings.warn``) when a
+    median effect < factor x floor. ``cfg.perturb_mode`` as in :func:`score_batches`.
 
     Returns:
         dict: repeat_diff, ulp_effect, floor, effect_median/min, effect_ratio (median / floor), ok (effect_ratio >=
         factor), curvature_median, curvature_ratio, curvature_ok.
     """
-    params = select_parameters(model, param_pattern)
+    cfg = resolve_config(cfg, overrides)
+    params = select_parameters(model, cfg.param_pattern)
     eps = max(torch.finfo(p.dtype).eps for _, p in params)
-    batches = canonical_batches(batches, max_width=max_positions(model))[0]
+    batches = canonical_batches(batches, max_width=context_length(model))[0]
+    mode, sigma = cfg.perturb_mode, cfg.sigma
     with eval_mode(model):
-        first, repeat = _sums_under(model, batches, params, (1, 1), perturb_mode, sigma=0.0)
-        (ulp,) = _sums_under(model, batches, params, (1,), perturb_mode, sigma=eps, seed=seed, relative=True)
-        plus, minus = _sums_under(model, batches, params, (1, -1), perturb_mode, sigma=sigma, seed=seed,
-                                  relative=relative, scheme=scheme)
+        first, repeat = _sums_under(model, batches, params, (1, 1), mode, sigma=0.0)
+        (ulp,) = _sums_under(model, batches, params, (1,), mode, sigma=eps, seed=cfg.seed, relative=True)
+        plus, minus = _sums_under(model, batches, params, (1, -1), mode, **cfg.noise())
     out = {"repeat_diff": float((repeat - first).abs().max()), "ulp_effect": float((ulp - first).abs().max()),
            "sigma": float(sigma), "factor": factor, "effect_min": float((plus - first).abs().min())}
     floor = out["floor"] = max(out["repeat_diff"], out["ulp_effect"])
@@ -234,9 +316,8 @@ def floor_check(model: torch.nn.Module, batches: Iterable[Batch], *, sigma: floa
     return out
 
 
-def sigma_scaling_check(model: torch.nn.Module, batches: Iterable[Batch], sigma: float, draws: int, *,
-                        seed: int = 0, param_pattern: Optional[str] = None, relative: bool = False,
-                        scheme: str = "mrdkit") -> dict[str, Any]:
+def sigma_scaling_check(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optional[MRDConfig] = None,
+                        **overrides: Any) -> dict[str, Any]:
     """Does the antithetic curvature part scale as sigma^2 (the second-order signal, arXiv 2504.06658 Thm 3.2)?
 
     Runs the antithetic estimator at sigma and 2*sigma with the same seed (so delta(2 sigma) = 2 delta(sigma)
@@ -246,12 +327,13 @@ def sigma_scaling_check(model: torch.nn.Module, batches: Iterable[Batch], sigma:
     Returns:
         dict with sigma, draws, ratios (list), median_ratio, ok.
     """
+    cfg = resolve_config(cfg, {"estimator": "antithetic", **overrides})
     batches = list(batches)
-    kw = dict(draws=draws, seed=seed, scheme=scheme, param_pattern=param_pattern, relative=relative)
-    ratios = (score_batches(model, batches, sigma=2 * sigma, **kw).estimate.mean
-              / score_batches(model, batches, sigma=sigma, **kw).estimate.mean)
+    ratios = (score_batches(model, batches, cfg, sigma=2 * cfg.sigma).estimate.mean
+              / score_batches(model, batches, cfg).estimate.mean)
     median = float(ratios.median())
     if not (ok := 3.0 <= median <= 5.0):
-        warnings.warn(f"antithetic curvature grew {median:.3g}x (median) from sigma={sigma:g} to 2*sigma, expected ~4",
-                      RuntimeWarning, stacklevel=2)
-    return {"sigma": float(sigma), "draws": int(draws), "ratios": ratios.tolist(), "median_ratio": median, "ok": ok}
+        warnings.warn(f"antithetic curvature grew {median:.3g}x (median) from sigma={cfg.sigma:g} to 2*sigma, "
+                      f"expected ~4", RuntimeWarning, stacklevel=2)
+    return {"sigma": float(cfg.sigma), "draws": int(cfg.draws), "ratios": ratios.tolist(), "median_ratio": median,
+            "ok": ok}

@@ -152,7 +152,7 @@ class Accumulator:
         self._cols = [[raw[s, :, k].clone() for k in range(raw.shape[2])] for s in range(raw.shape[0])]
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Accumulator":
+    def from_state(cls, state: Mapping[str, Any]) -> Accumulator:
         """A new accumulator of this class holding ``state``."""
         acc = cls(int(state["n"]))
         acc.load_state_dict(state)

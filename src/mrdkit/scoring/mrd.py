@@ -1,4 +1,4 @@
-"""``score_mrd``: Memory Removal Difficulty for a list of samples, with run-directory outputs and resume.
+"""``score_mrd``: Memory Removal Difficulty for a list of samples, its result, and its run directory.
 
 MRD (Feng et al. 2025, "A Neuro-inspired Interpretation of Unlearning in LLMs through Sample-level Unlearning
 Difficulty", arXiv:2504.06658) is the expected relative change of a sample's token log-probs under small
@@ -6,83 +6,147 @@ Gaussian weight noise:
 
     MRD(x) = | (1/K) sum_k sum_t (l_t(theta) - l_t(theta + delta_k)) / l_t(theta) |,   delta_k ~ N(0, sigma^2 I).
 
-High MRD = fragile memory = easy to unlearn. This module turns samples into batches, runs the common-random-number
-engine (:func:`mrdkit.scoring.engine.score_batches`), adds cheap difficulty proxies, and writes ``mrd.jsonl``,
-``mrd.parquet``, ``draws.safetensors``, ``summary.json`` and ``mrd_hist.png``. Draws are checkpointed atomically
-every few draws; ``resume=True`` finishes with exactly the numbers of an uninterrupted run.
+High MRD = fragile memory = easy to unlearn. :func:`score_mrd` turns samples into batches, runs the
+common-random-number engine (:func:`mrdkit.scoring.engine.score_batches`, or its multi-process form
+:func:`mrdkit.scoring.distributed.score_batches_distributed` under torchrun), adds cheap difficulty proxies, and
+writes ``mrd.jsonl``, ``mrd.parquet``, ``draws.safetensors``, ``summary.json`` and ``mrd_hist.png``
+(:class:`MRDResult`; :func:`load_mrd_result` reads them back bit-exactly). Draws are checkpointed atomically every
+few draws; ``resume=True`` finishes with exactly the numbers of an uninterrupted run. With several processes,
+rank 0 owns the run directory, the proxies and the floor check; every rank scores its shard.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from mrdkit.dist import gather_objects, init_distributed, on_rank0, wants_distributed
 from mrdkit.errors import MrdkitError
-from mrdkit.scoring.results import MRDResult, load_mrd_result, write_outputs
+from mrdkit.logprob import model_device
+from mrdkit.models import check_mrd_dtype, fit_max_length, model_fingerprint, resolve_model
+from mrdkit.runs import RunDir, atomic_path, digest, dumps, run_state
+from mrdkit.scoring.config import MRDConfig
+from mrdkit.scoring.engine import EngineResult, floor_check, score_batches
 
 CHECKPOINT = "state/accumulator.safetensors"
 
 
+# columns of mrd.jsonl written from the result's own tensors; every other column is a proxy
+_CORE_COLUMNS = ("id", "mrd", "stderr", "resolved", "curvature", "base_logprob", "n_tokens", "first_order_spread")
+
+
 @dataclass
-class MRDConfig:
-    """Settings of an MRD scoring run. Defaults follow paper-notes section 1.
+class MRDResult:
+    """Per-sample MRD with its uncertainty, parts, proxies and raw draws (all in the order of ``ids``)."""
 
-    sigma 1e-5 and token_set "all" match the reference code; draws 100 is the paper's K (its code uses 5-10);
-    ``antithetic`` is the low-variance estimator (paper-notes section 2), ``paper`` the reference estimator.
+    ids: list[str]
+    mrd: torch.Tensor
+    mean: torch.Tensor
+    stderr: torch.Tensor
+    unresolved: torch.Tensor
+    base_logprob: torch.Tensor
+    n_tokens: torch.Tensor
+    draws: torch.Tensor
+    first_order_spread: Optional[torch.Tensor] = None
+    proxies: dict[str, dict[str, float]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    out_dir: Optional[Path] = None
+
+    def scores(self) -> dict[str, float]:
+        """``{id: mrd}`` (input to MRD-guided samplers)."""
+        return {sid: float(v) for sid, v in zip(self.ids, self.mrd)}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready row per sample (the ``mrd.jsonl`` schema)."""
+        out = []
+        for i, sid in enumerate(self.ids):
+            row = {"id": sid, "mrd": float(self.mrd[i]), "stderr": float(self.stderr[i]),
+                   "resolved": not bool(self.unresolved[i]), "curvature": float(self.mean[i]),
+                   "base_logprob": float(self.base_logprob[i]), "n_tokens": int(self.n_tokens[i])}
+            if self.first_order_spread is not None:
+                row["first_order_spread"] = float(self.first_order_spread[i])
+            row.update({k: v for k, v in self.proxies.get(sid, {}).items() if k not in row})
+            out.append(row)
+        return out
+
+    def to_pandas(self):
+        """The rows as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregate numbers for ``summary.json``."""
+        mrd = self.mrd.double()
+        return {"n_samples": len(self.ids), "mrd_mean": float(mrd.mean()), "mrd_median": float(mrd.median()),
+                "mrd_min": float(mrd.min()), "mrd_max": float(mrd.max()),
+                "unresolved": int(self.unresolved.sum()), "unresolved_fraction": float(self.unresolved.double().mean()),
+                "config": self.config, "timing": self.timing, "diagnostics": self.diagnostics}
+
+
+def write_outputs(run: Any, out: MRDResult, first_order_values: Optional[torch.Tensor] = None) -> None:
+    """Write the result files into ``run`` (a :class:`~mrdkit.runs.RunDir`) atomically and mark it finished."""
+    from safetensors.torch import save_file
+
+    from mrdkit import plots
+
+    rows = out.rows()
+    run.write_jsonl("mrd.jsonl", rows)
+    with atomic_path(run.file("mrd.parquet")) as tmp:
+        out.to_pandas().to_parquet(tmp, index=False)
+    tensors = {"values": out.draws.contiguous()}
+    if first_order_values is not None:
+        tensors["first_order_values"] = first_order_values.contiguous()
+    with atomic_path(run.file("draws.safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"ids": json.dumps(out.ids)})
+    run.write_json("summary.json", out.summary())
+    plots.histogram([r["mrd"] for r in rows], run.file("mrd_hist.png"), title=f"MRD ({out.config['estimator']})",
+                    xlabel="MRD (high = easy to unlearn)", log=True)
+    run.mark_finished(out.summary())
+
+
+def load_mrd_result(out_dir: str | Path) -> MRDResult:
+    """The :class:`MRDResult` of a FINISHED scoring run directory (``DONE.json`` present).
+
+    Raises a one-line :class:`MrdkitError` naming the directory when the run is unfinished or a file is missing
+    or inconsistent (ids of ``mrd.jsonl`` and ``draws.safetensors`` differ).
     """
+    from safetensors import safe_open
 
-    estimator: str = "antithetic"
-    draws: int = 100
-    sigma: float = 1e-5
-    seed: int = 0
-    scheme: str = "mrdkit"
-    token_set: str = "all"
-    template: str = "auto"
-    max_length: int = 512
-    batch_size: int = 16
-    param_pattern: Optional[str] = None
-    relative: bool = False
-    clip: Optional[float] = None
-    proxies: bool = True
-    grad_norm: bool = True
-    checkpoint_every: int = 5
-    diagnostics: bool = True
-    perturb_mode: str = "copy"  # copy | lowmem (one module's weights cloned at a time; same numbers)
-    shard: str = "draws"  # multi-process split: draws | samples (mrdkit.scoring.distributed; same numbers)
+    from mrdkit.runs import read_json, read_jsonl
 
-    def validate(self) -> "MRDConfig":
-        """Raise a one-line :class:`MrdkitError` for values that cannot work."""
-        import math
+    path = Path(out_dir)
+    for name in ("DONE.json", "mrd.jsonl", "draws.safetensors", "summary.json"):
+        if not (path / name).is_file():
+            raise MrdkitError(f"{path}: not a finished MRD run ({name} is missing)")
+    rows = read_jsonl(path / "mrd.jsonl")
+    with safe_open(str(path / "draws.safetensors"), framework="pt") as fh:
+        draw_ids, draws = json.loads(fh.metadata()["ids"]), fh.get_tensor("values")
+    ids = [r["id"] for r in rows]
+    if ids != draw_ids:
+        raise MrdkitError(f"{path}: mrd.jsonl and draws.safetensors list different samples")
+    summary = read_json(path / "summary.json")
 
-        from mrdkit.scoring.estimators import ESTIMATORS
+    def column(key: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.tensor([r[key] for r in rows], dtype=dtype)
 
-        ESTIMATORS.get(self.estimator)
-        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
-            raise MrdkitError(f"sigma must be a finite positive number, got {self.sigma!r}")
-        if self.draws < 1:
-            raise MrdkitError(f"draws (K) must be >= 1, got {self.draws}")
-        if self.batch_size < 1 or self.checkpoint_every < 1:
-            raise MrdkitError("batch_size and checkpoint_every must be >= 1")
-        if self.token_set not in ("all", "answer"):
-            raise MrdkitError(f"token_set must be 'all' or 'answer', got {self.token_set!r}")
-        if self.perturb_mode not in ("copy", "lowmem") or self.shard not in ("draws", "samples"):
-            raise MrdkitError(f"perturb_mode must be copy|lowmem and shard draws|samples, got {self.perturb_mode!r}, "
-                              f"{self.shard!r}")
-        return self
+    spread = column("first_order_spread") if rows and "first_order_spread" in rows[0] else None
+    proxies = {r["id"]: {k: v for k, v in r.items() if k not in _CORE_COLUMNS} for r in rows}
+    return MRDResult(ids=ids, mrd=column("mrd"), mean=column("curvature"), stderr=column("stderr"),
+                     unresolved=~column("resolved", torch.bool), base_logprob=column("base_logprob"),
+                     n_tokens=column("n_tokens", torch.long), draws=draws, first_order_spread=spread,
+                     proxies={k: v for k, v in proxies.items() if v}, config=summary.get("config", {}),
+                     timing=summary.get("timing", {}), diagnostics=summary.get("diagnostics", {}), out_dir=path)
 
 
-def _unwrap(model: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any]:
-    """Accept a :class:`mrdkit.models.LoadedModel` or a bare module plus tokenizer."""
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):
-        return model.model, tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise MrdkitError("score_mrd needs a tokenizer (pass tokenizer=..., or a LoadedModel from load_model)")
-    return model, tokenizer
+# ------------------------------------------------------------------------------------------------ scoring
 
 
 def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig, model: Any = None) -> list[dict[str, Any]]:
@@ -91,12 +155,19 @@ def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig, model: 
     With ``model``, sequences are also cut to its context (:func:`mrdkit.models.fit_max_length`; a warning counts
     the truncated samples) rather than indexing past its position table."""
     from mrdkit.data import encode_samples, iter_batches, pad_id
-    from mrdkit.models import fit_max_length
 
     max_length = cfg.max_length if model is None else fit_max_length(model, cfg.max_length)
     encoded = encode_samples(samples, tokenizer, template=cfg.template, token_set=cfg.token_set,
                              max_length=max_length)
     return list(iter_batches(encoded, cfg.batch_size, pad_token_id=pad_id(tokenizer)))
+
+
+def run_config(cfg: MRDConfig, samples: Sequence[Any], model: Optional[dict[str, Any]] = None,
+               **extra: Any) -> dict[str, Any]:
+    """The ``config.json`` of a scoring run: settings, sample count, a digest of the sample ids and the model's
+    :func:`~mrdkit.models.model_fingerprint` (so a run is never resumed or reused with other weights)."""
+    return {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": digest(s.id for s in samples),
+            "model": model, **extra}
 
 
 def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, config: Optional[MRDConfig] = None,
@@ -106,104 +177,67 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     """Score MRD for ``samples`` (arXiv:2504.06658) and, with ``out_dir``, write a resumable run directory.
 
     Args:
-        model: a :class:`~mrdkit.models.LoadedModel` or a causal LM module (then pass ``tokenizer``); float32 or
-            float64 weights (bf16/fp16 are refused: a 1e-5 perturbation is below their resolution).
+        model: a :class:`~mrdkit.models.LoadedModel`, a spec string, or a causal LM module (then pass
+            ``tokenizer``); float32 or float64 weights (bf16/fp16 are refused: a 1e-5 perturbation is below their
+            resolution).
         samples: :class:`~mrdkit.data.Sample` list with unique ids.
         config: :class:`MRDConfig`; keyword ``overrides`` (e.g. ``draws=16, sigma=1e-4``) replace its fields.
         out_dir: run directory (mrd.jsonl, mrd.parquet, draws.safetensors, summary.json, mrd_hist.png).
-        resume: continue an interrupted run in ``out_dir`` (refused if its config differs).
+        resume: continue an interrupted run in ``out_dir`` (refused if its config differs); a finished run with
+            the same settings, samples and weights is loaded instead of recomputed.
         progress: ``progress(draws_done, draws_total)``.
-        distributed: split the draws or samples (``shard``) over the ranks of ``torch.distributed``
+        distributed: split the draws or samples (``config.shard``) over the ranks of ``torch.distributed``
             (:mod:`mrdkit.scoring.distributed`); None = automatic under torchrun / an initialised group.
 
     Returns:
-        :class:`MRDResult`.
+        :class:`MRDResult` (on every rank).
     """
-    from mrdkit.models import check_mrd_dtype
-    from mrdkit.scoring.engine import score_batches
-
-    module, tokenizer = _unwrap(model, tokenizer)
-    cfg = _resolve_config(config, overrides)
+    module, tokenizer, _ = resolve_model(model, tokenizer, for_mrd=True)
+    cfg = (config or MRDConfig()).with_overrides(**overrides)
     check_mrd_dtype(module)
     if not samples:
         raise MrdkitError("no samples to score")
-    from mrdkit.scoring.distributed import score_mrd_distributed, wants_distributed
-
-    from mrdkit.models import model_fingerprint
-
     fingerprint = model_fingerprint(module) if out_dir is not None else None
-    if resume and out_dir is not None and run_is_finished(out_dir, cfg, samples, fingerprint):
+    if resume and out_dir is not None and run_state(out_dir, run_config(cfg, samples, fingerprint)) == "finished":
         return load_mrd_result(out_dir)  # a finished run with the same settings: nothing left to compute
-    if wants_distributed(distributed):
-        return score_mrd_distributed(module, samples, tokenizer, cfg, out_dir=out_dir, resume=resume,
-                                     overwrite=overwrite, progress=progress)
-    run = _open_run(out_dir, cfg, samples, resume, overwrite, model=fingerprint)
+    multi = wants_distributed(distributed)
+    rank, world = init_distributed(model_device(module)) if multi else (0, 1)
+    extra = {"world_size": world} if multi else {}
+    run = on_rank0(lambda: _open_run(out_dir, cfg, samples, resume, overwrite, fingerprint, **extra), rank, world,
+                   share=False)
     batches = make_batches(samples, tokenizer, cfg, module)
     timing: dict[str, float] = {}
-    proxies = _proxies(module, batches, samples, cfg, run, timing)
-    diagnostics = _floor_diagnostics(module, batches, cfg)
-    start, state = _load_checkpoint(run) if (run is not None and resume) else (0, None)
+    proxies, diagnostics = on_rank0(lambda: (_proxies(module, batches, samples, cfg, run, timing),
+                                             _floor_diagnostics(module, batches, cfg)), rank, world)
     tic = time.perf_counter()
-    result = score_batches(module, batches, draws=cfg.draws, sigma=cfg.sigma, estimator=cfg.estimator,
-                           seed=cfg.seed, scheme=cfg.scheme, param_pattern=cfg.param_pattern,
-                           relative=cfg.relative, clip=cfg.clip, progress=progress,
-                           checkpoint=_checkpointer(run, cfg), start_draw=start, accumulator=state,
-                           perturb_mode=cfg.perturb_mode)
-    timing["draws_s"] = time.perf_counter() - tic
-    timing["forward_passes"] = float(result.forward_passes)
-    out = _to_result(result, proxies, cfg, timing, run)
-    out.diagnostics = diagnostics
+    if multi:
+        from mrdkit.scoring.distributed import score_batches_distributed
+
+        state_dir = Path(out_dir) / "state" if out_dir is not None else None
+        result = score_batches_distributed(module, batches, cfg, state_dir=state_dir, resume=resume,
+                                           progress=progress)
+    else:
+        start, state = _load_checkpoint(run) if (run is not None and resume) else (0, None)
+        result = score_batches(module, batches, cfg, progress=progress, checkpoint=_checkpointer(run, cfg),
+                               start_draw=start, accumulator=state)
+    timing.update(draws_s=time.perf_counter() - tic, forward_passes=float(result.forward_passes))
+    out = _to_result(result, proxies, cfg, timing, diagnostics, out_dir)
     if run is not None:
         write_outputs(run, out, result.estimate.first_order_values)
+    if multi:
+        gather_objects(None, world)  # barrier: every rank returns after rank 0 has written the outputs
     return out
 
 
-def _resolve_config(config: Optional[MRDConfig], overrides: dict[str, Any]) -> MRDConfig:
-    from dataclasses import replace
-
-    cfg = config or MRDConfig()
-    unknown = sorted(set(overrides) - set(asdict(cfg)))
-    if unknown:
-        raise MrdkitError(f"unknown MRD setting(s): {', '.join(unknown)} (known: {', '.join(asdict(cfg))})")
-    return replace(cfg, **overrides).validate()
-
-
-def run_config(cfg: MRDConfig, samples: Sequence[Any], model: Optional[dict[str, Any]] = None,
-               **extra: Any) -> dict[str, Any]:
-    """The ``config.json`` of a scoring run: settings, sample count, a digest of the sample ids and the model's
-    :func:`~mrdkit.models.model_fingerprint` (so a run is never resumed or reused with other weights)."""
-    return {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples),
-            "ids": _digest("\n".join(s.id for s in samples)), "model": model, **extra}
-
-
-def run_is_finished(out_dir: str | Path, cfg: MRDConfig, samples: Sequence[Any],
-                    model: Optional[dict[str, Any]] = None) -> bool:
-    """True when ``out_dir`` holds a finished run (``DONE.json``) made with exactly these settings, samples and
-    model fingerprint."""
-    from mrdkit.runs import json_roundtrip, read_json
-
-    path = Path(out_dir)
-    return ((path / "DONE.json").is_file() and (path / "config.json").is_file()
-            and read_json(path / "config.json") == json_roundtrip(run_config(cfg, samples, model)))
-
-
 def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool,
-              model: Optional[dict[str, Any]] = None, **extra: Any):
+              model: Optional[dict[str, Any]] = None, **extra: Any) -> Optional[RunDir]:
     if out_dir is None:
         return None
-    from mrdkit.runs import RunDir
-
     run = RunDir(out_dir, run_config(cfg, samples, model, **extra), resume=resume, overwrite=overwrite)
     if not resume:  # a fresh run must not pick up an earlier attempt's cached proxies or saved draws
         for stale in [run.file("proxies.json"), *run.file("state").glob("*.safetensors")]:
             stale.unlink(missing_ok=True)
     return run
-
-
-def _digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _proxies(module, batches, samples, cfg: MRDConfig, run, timing: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -226,15 +260,10 @@ def _proxies(module, batches, samples, cfg: MRDConfig, run, timing: dict[str, fl
 
 def _floor_diagnostics(module, batches, cfg: MRDConfig) -> dict[str, Any]:
     """Is sigma visible above the floating-point floor? (warns if not; paper-notes section 1 pitfalls)."""
-    if not cfg.diagnostics:
-        return {}
-    from mrdkit.scoring.engine import floor_check
-
-    return floor_check(module, batches, sigma=cfg.sigma, seed=cfg.seed, param_pattern=cfg.param_pattern,
-                       relative=cfg.relative, scheme=cfg.scheme, perturb_mode=cfg.perturb_mode)
+    return floor_check(module, batches, cfg) if cfg.diagnostics else {}
 
 
-def _checkpointer(run, cfg: MRDConfig):
+def _checkpointer(run: Optional[RunDir], cfg: MRDConfig):
     """Save the accumulator every ``checkpoint_every`` draws (one safetensors file, written atomically)."""
     if run is None:
         return None
@@ -249,14 +278,12 @@ def _checkpointer(run, cfg: MRDConfig):
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from mrdkit.runs import atomic_path, dumps
-
     meta = {"estimator": state["estimator"], "n": str(state["n"]), "meta": dumps(state["meta"], indent=None)}
     with atomic_path(path) as tmp:
         save_file({"raw": state["raw"].contiguous()}, str(tmp), metadata=meta)
 
 
-def _load_checkpoint(run) -> tuple[int, Optional[dict[str, Any]]]:
+def _load_checkpoint(run: RunDir) -> tuple[int, Optional[dict[str, Any]]]:
     """(next draw, accumulator state) of an interrupted run, or (0, None) if it saved no draw yet."""
     path = run.file(CHECKPOINT)
     if not path.exists():
@@ -269,13 +296,10 @@ def _load_checkpoint(run) -> tuple[int, Optional[dict[str, Any]]]:
     return int(raw.shape[2]), state
 
 
-def _to_result(result, proxies, cfg: MRDConfig, timing, run) -> MRDResult:
+def _to_result(result: EngineResult, proxies, cfg: MRDConfig, timing, diagnostics, out_dir) -> MRDResult:
     est = result.estimate
     return MRDResult(ids=result.ids, mrd=est.mrd, mean=est.mean, stderr=est.stderr, unresolved=est.unresolved,
                      base_logprob=result.base_logprob, n_tokens=result.n_tokens, draws=est.values,
                      first_order_spread=est.first_order_spread, proxies=proxies,
                      config=asdict(cfg) | {"n_perturbed": result.n_perturbed}, timing=timing,
-                     out_dir=run.path if run is not None else None)
-
-
-__all__ = ["MRDConfig", "MRDResult", "load_mrd_result", "run_config", "run_is_finished", "score_mrd"]
+                     diagnostics=diagnostics, out_dir=Path(out_dir) if out_dir is not None else None)

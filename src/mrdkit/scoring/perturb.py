@@ -3,8 +3,13 @@
 MRD compares log-probs at theta and at theta + delta with delta ~ N(0, sigma^2 I). Two facts shape this module
 (paper-notes section 1): subtracting the same noise again does NOT restore the weights bit-exactly (~5% of
 elements end 1 ulp off), so every perturbation is undone by ``copy_`` from a saved clone; and bf16/fp16 weights
-cannot represent a 1e-5 change at all, so they are refused. One :class:`Perturber` holds a single clone for a
-whole scoring run, so peak extra memory is one copy of the perturbed parameters plus one noise buffer.
+cannot represent a 1e-5 change at all, so they are refused. Two modes give bitwise the same numbers:
+
+* ``copy`` (:class:`Perturber`): one :class:`~mrdkit.snapshot.ParamSnapshot` of the perturbed parameters for a
+  whole scoring run; peak extra memory = one copy of those parameters plus one noise buffer.
+* ``lowmem`` (:class:`LowMemPerturber`): each module's weights are perturbed just before it runs and restored
+  right after (forward hooks); extra memory = the largest module's parameters plus one noise buffer, at the price
+  of one noise generation per module per forward pass.
 
 Noise schemes:
 
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
 from mrdkit.errors import MrdkitError
 from mrdkit.seeding import make_generator
+from mrdkit.snapshot import ParamSnapshot
 
 NamedParams = list[tuple[str, torch.nn.Parameter]]
 SCHEMES = ("mrdkit", "reference")
@@ -57,7 +63,7 @@ def select_parameters(model: torch.nn.Module, pattern: Optional[str] = None) -> 
     return sorted(named, key=lambda item: item[0])
 
 
-def _check_dtype(name: str, p: torch.Tensor) -> None:
+def check_dtype(name: str, p: torch.Tensor) -> None:
     if p.dtype in _HALF:
         raise MrdkitError(
             f"parameter {name!r} is {p.dtype}: a sigma ~ 1e-5 perturbation is below its resolution (most weights "
@@ -122,9 +128,8 @@ class Perturber(PerturbedParams):
         self.relative, self.scheme = bool(relative), scheme
         self.params = list(params) if params is not None else select_parameters(model)
         for name, p in self.params:
-            _check_dtype(name, p)
-        with torch.no_grad():  # the one saved copy, reused by every draw
-            self._clones = [p.detach().clone() for _, p in self.params]
+            check_dtype(name, p)
+        self._snapshot: Optional[ParamSnapshot] = ParamSnapshot(p for _, p in self.params)  # reused by every draw
         self._sizes: dict[tuple[torch.device, torch.dtype], int] = {}
         for _, p in self.params:
             key = (p.device, p.dtype)
@@ -164,32 +169,29 @@ class Perturber(PerturbedParams):
         """Set the parameters to ``theta_0 + sign * sigma * z_draw`` (restoring first if already perturbed)."""
         if sign not in (1, -1):
             raise ValueError(f"sign must be +1 or -1, got {sign}")
-        if self._clones is None:
+        if self._snapshot is None:
             raise RuntimeError("Perturber is closed")
         self.restore()
         noises = self._noises_mrdkit if self.scheme == "mrdkit" else self._noises_reference
         self._dirty = True
         with torch.no_grad():
             for i, z in noises(draw):
-                self._add(self.params[i][1], self._clones[i], z, sign)
+                self._add(self.params[i][1], self._snapshot.saved[i], z, sign)
 
     def restore(self) -> None:
         """Copy ``theta_0`` back from the clone: bit-exact, unlike subtracting the noise."""
-        if not self._dirty or self._clones is None:
+        if not self._dirty or self._snapshot is None:
             return
-        with torch.no_grad():
-            for (_, p), clone in zip(self.params, self._clones):
-                p.copy_(clone)
+        self._snapshot.restore()
         self._dirty = False
 
     def close(self) -> None:
         """Restore the parameters and free the clone and noise buffers."""
-        if self._clones is not None:
-            self._dirty = True  # restore unconditionally: the caller may have edited the weights in between
-            self.restore()
-        self._clones, self._buffers = None, {}
+        if self._snapshot is not None:
+            self._snapshot.release()  # restores unconditionally: the caller may have edited the weights in between
+        self._snapshot, self._buffers, self._dirty = None, {}, False
 
-    def __enter__(self) -> "Perturber":
+    def __enter__(self) -> Perturber:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -228,3 +230,202 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+# ----------------------------------------------------------------------------------------------- low-memory mode
+#
+# Low-memory MRD perturbation: perturb each module's weights just before it runs, restore them right after.
+#
+# The default ``copy`` mode (:class:`mrdkit.scoring.perturb.Perturber`) keeps one clone of every perturbed
+# parameter for the whole run: extra memory = one full copy of the weights (plus one noise buffer). For a model that
+# barely fits, :class:`LowMemPerturber` instead registers a forward pre-hook on every module that directly owns
+# perturbed parameters: the pre-hook clones that module's parameters and adds the noise, the forward hook (also
+# called when the forward raises) copies the clone back. Extra memory = the largest module's parameters (clone)
+# plus one noise buffer of the largest parameter; the price is one noise generation per module per forward pass.
+#
+# The noise is the ``copy`` mode's, bit for bit: the same generator per (seed, "mrd-noise", draw, parameter name),
+# the same dtype and device, and the same rounding (:func:`add_noise`), so MRD is bitwise
+# equal in both modes (arXiv 2504.06658: ``delta ~ N(0, sigma^2 I)`` over all selected parameters).
+#
+# Shared (tied) parameters, such as GPT-2's ``lm_head.weight`` = ``wte.weight``, are owned by several modules; they
+# are perturbed globally by ``apply`` and stay perturbed for the whole forward, as in ``copy`` mode (perturbing them
+# per module would add the noise twice when one owner runs inside another). Limitation: a parameter read outside
+# its owning module's forward (e.g. ``F.linear(h, self.embed.weight)`` in a parent) would be seen unperturbed;
+# Hugging Face GPT-2/Llama-style models do not do this, and tied embeddings are handled as shared. For measurement
+# only (no autograd): restoring a weight after its module ran would invalidate a graph that saved it.
+
+PERTURB_MODES = ("copy", "lowmem")
+
+
+def make_perturber(mode: str, model: torch.nn.Module, params: Optional[Sequence[tuple[str, torch.Tensor]]] = None,
+                   **noise: Any):
+    """The perturber of ``mode``: ``copy`` -> :class:`Perturber`, ``lowmem`` -> :class:`LowMemPerturber`.
+
+    Both take ``sigma``, ``seed``, ``relative``, ``scheme`` and give bitwise-equal numbers.
+    """
+    if mode == "copy":
+        return Perturber(model, params, **noise)
+    if mode == "lowmem":
+        return LowMemPerturber(model, params, **noise)
+    raise MrdkitError(f"unknown perturb mode {mode!r} (known: {', '.join(PERTURB_MODES)})")
+
+
+def owner_groups(model: torch.nn.Module, params: NamedParams) -> tuple[NamedParams, list[tuple[torch.nn.Module,
+                                                                                                NamedParams]]]:
+    """Split ``params`` into shared ones (owned by several modules) and per-module groups of directly owned ones.
+
+    Returns:
+        ``(shared, groups)``: ``shared`` in the order of ``params``; ``groups`` as ``[(module, [(name, p)])]`` in
+        ``model.modules()`` order, each parameter in exactly one place.
+    """
+    owners: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():  # de-duplicated modules: a module reused at two paths is still one owner
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(module)
+    selected = {id(p): (name, p) for name, p in params}
+    shared = [(n, p) for n, p in params if len(owners.get(id(p), ())) != 1]
+    groups: dict[int, tuple[torch.nn.Module, NamedParams]] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None and id(p) in selected and len(owners[id(p)]) == 1:
+                groups.setdefault(id(module), (module, []))[1].append(selected[id(p)])
+    return shared, list(groups.values())
+
+
+def _nbytes(params: NamedParams) -> int:
+    return sum(p.numel() * p.element_size() for _, p in params)
+
+
+class LowMemPerturber(PerturbedParams):
+    """Drop-in for :class:`~mrdkit.scoring.perturb.Perturber` that clones one module's weights at a time.
+
+    ``apply(k, sign)`` arms the hooks for draw k (and perturbs shared parameters at once); every forward pass
+    then sees ``theta_0 + sign * sigma * z_k`` module by module. ``restore()`` disarms them and copies every
+    still-perturbed parameter back bit-exactly; use it as a context manager (hooks are removed on exit).
+
+    Attributes:
+        clone_bytes: bytes of parameter clones alive now; ``peak_clone_bytes``: their maximum so far (shared
+            parameters plus the largest module group for an untied model's forward).
+
+    Args:
+        model, params, sigma, seed, relative: as :class:`Perturber`. scheme: only ``"mrdkit"`` (the reference
+            scheme draws every parameter from one stream, which cannot be produced module by module).
+    """
+
+    def __init__(self, model: torch.nn.Module, params: Optional[Sequence[tuple[str, torch.Tensor]]] = None, *,
+                 sigma: float, seed: int = 0, relative: bool = False, scheme: str = "mrdkit") -> None:
+        if scheme != "mrdkit":
+            raise MrdkitError(f"perturb mode 'lowmem' needs noise scheme 'mrdkit', not {scheme!r} (the reference "
+                              "scheme is one stream over all parameters; use perturb mode 'copy')")
+        if not sigma >= 0:
+            raise MrdkitError(f"sigma must be >= 0, got {sigma}")
+        self.model, self.sigma, self.seed, self.relative = model, float(sigma), int(seed), bool(relative)
+        self.params = list(params) if params is not None else select_parameters(model)
+        for name, p in self.params:
+            check_dtype(name, p)
+        self.shared, self.groups = owner_groups(model, self.params)
+        self._sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+        for _, p in self.params:
+            key = (p.device, p.dtype)
+            self._sizes[key] = max(self._sizes.get(key, 0), p.numel())
+        self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # shared parameters are perturbed for whole forwards: one snapshot kept, as copy mode
+        self._shared = ParamSnapshot(p for _, p in self.shared)
+        self._live: dict[int, ParamSnapshot] = {}  # group index -> snapshot of that module's parameters
+        self.clone_bytes = self.peak_clone_bytes = _nbytes(self.shared)
+        self._draw: Optional[tuple[int, int]] = None  # (draw, sign) while armed
+        self._shared_dirty, self._closed = False, False
+        self._hooks = []
+        for i, (module, _) in enumerate(self.groups):
+            self._hooks.append(module.register_forward_pre_hook(self._pre_hook(i)))
+            self._hooks.append(module.register_forward_hook(self._post_hook(i), always_call=True))
+
+    def _noise(self, name: str, p: torch.Tensor, draw: int) -> torch.Tensor:
+        """``z ~ N(0, I)`` shaped like ``p``, from the same generator and buffer layout as :class:`Perturber`."""
+        key = (p.device, p.dtype)
+        if key not in self._buffers:  # a normal tensor even when first needed inside torch.inference_mode
+            with torch.inference_mode(False):
+                self._buffers[key] = torch.empty(self._sizes[key], dtype=p.dtype, device=p.device)
+        gen = make_generator(self.seed, "mrd-noise", int(draw), name, device=str(p.device))
+        return self._buffers[key][: p.numel()].view(p.shape).normal_(generator=gen)
+
+    def _perturb(self, params: NamedParams, clones: Sequence[torch.Tensor]) -> None:
+        draw, sign = self._draw
+        with torch.no_grad():
+            for (name, p), clone in zip(params, clones):
+                add_noise(p, clone, self._noise(name, p, draw), sign * self.sigma, self.relative)
+
+    def _pre_hook(self, index: int):
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            if self._draw is None:
+                return
+            self._restore_group(index)  # a module re-entered before its post-hook: start again from theta_0
+            params = self.groups[index][1]
+            self._live[index] = snapshot = ParamSnapshot(p for _, p in params)
+            self.clone_bytes += snapshot.nbytes
+            self.peak_clone_bytes = max(self.peak_clone_bytes, self.clone_bytes)
+            self._perturb(params, snapshot.saved)
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            self._restore_group(index)
+        return hook
+
+    def _restore_group(self, index: int) -> None:
+        snapshot = self._live.pop(index, None)
+        if snapshot is None:
+            return
+        snapshot.restore()
+        self.clone_bytes -= snapshot.nbytes
+
+    def apply(self, draw: int, sign: int = 1) -> None:
+        """Arm draw ``draw`` with ``sign``: shared parameters now, every other module when it runs."""
+        if sign not in (1, -1):
+            raise ValueError(f"sign must be +1 or -1, got {sign}")
+        if self._closed:
+            raise RuntimeError("LowMemPerturber is closed")
+        self.restore()
+        self._draw = (int(draw), sign)
+        self._shared_dirty = True
+        self._perturb(self.shared, self._shared.saved)
+
+    def restore(self) -> None:
+        """Disarm the hooks and copy ``theta_0`` back into every parameter still perturbed (bit-exact)."""
+        self._draw = None
+        for index in list(self._live):  # only left over when a forward raised before its post-hook
+            self._restore_group(index)
+        if self._shared_dirty:
+            self._shared.restore()
+            self._shared_dirty = False
+
+    def close(self) -> None:
+        """Restore, remove the hooks and free clones and buffers."""
+        if self._closed:
+            return
+        self._shared_dirty = True  # unconditionally, as Perturber.close
+        self.restore()
+        for handle in self._hooks:
+            handle.remove()
+        self._shared.saved = None  # free the copy (restored above)
+        self._hooks, self._buffers, self._closed = [], {}, True
+
+    def __enter__(self) -> LowMemPerturber:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def largest_group_bytes(model: torch.nn.Module, params: Optional[NamedParams] = None) -> dict[str, int]:
+    """Analytic extra bytes of each mode (noise buffer excluded): copy = all params; lowmem = shared + largest group.
+
+    Returns:
+        dict with ``copy``, ``lowmem``, ``shared`` and ``largest_group`` byte counts.
+    """
+    params = list(params) if params is not None else select_parameters(model)
+    shared, groups = owner_groups(model, params)
+    largest = max((_nbytes(g) for _, g in groups), default=0)
+    return {"copy": _nbytes(params), "lowmem": _nbytes(shared) + largest, "shared": _nbytes(shared),
+            "largest_group": largest}

@@ -18,7 +18,7 @@ import torch
 
 from mrdkit.logprob import token_logprobs
 from mrdkit.membership import min_k_logprob, zlib_ratio
-from mrdkit.scoring.curvature import single_samples
+from mrdkit.scoring.engine import single_samples
 from mrdkit.scoring.perturb import eval_mode, select_parameters
 
 Batch = Mapping[str, Any]

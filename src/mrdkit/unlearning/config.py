@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mrdkit.errors import MrdkitError
-
-SCHEDULES = ("constant", "linear", "cosine")
+from mrdkit.train import SCHEDULES
 
 
 @dataclass
@@ -75,7 +74,7 @@ class UnlearnConfig:
         device: ``auto``, ``cpu`` or ``cuda`` (accelerate's device when launched with ``accelerate launch``).
         lora: LoRA settings, or None for full fine-tuning.
         method_kwargs: hyper-parameters passed to :func:`mrdkit.unlearning.build_method`.
-        sampler_kwargs: options passed to :func:`mrdkit.unlearning.samplers.build`.
+        sampler_kwargs: options passed to :func:`mrdkit.samplers.build`.
         mrd_draws, mrd_sigma, mrd_estimator: on-the-fly MRD scoring when a sampler needs scores and none were
             given (paper-notes section 1: K = 100, sigma = 1e-5).
         rescore_draws: draws of the cheap re-scoring the ``refresh`` sampler runs every epoch.
@@ -152,27 +151,3 @@ class UnlearnConfig:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise MrdkitError(f"unlearn config: {message}")
-
-
-@dataclass
-class LrSchedule:
-    """Learning-rate factor of optimizer step ``s`` (0-based), as the Hugging Face schedulers TOFU runs with.
-
-    ``f(s) = s / W`` for ``s < W`` (warmup; the first step has lr 0, as ``get_linear_schedule_with_warmup``);
-    afterwards, with progress ``u = (s - W) / max(1, T - W)``: ``1`` (constant), ``max(0, 1 - u)`` (linear) or
-    ``max(0, (1 + cos(pi u)) / 2)`` (cosine). A callable object so that ``LambdaLR.state_dict`` stores it.
-    """
-
-    total: int
-    warmup: int
-    kind: str = "linear"
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return step / max(1, self.warmup)
-        if self.kind == "constant":
-            return 1.0
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        if self.kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

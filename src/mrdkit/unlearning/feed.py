@@ -19,9 +19,9 @@ import torch
 from mrdkit.data import EncodedSample, Sample, collate, encode_samples, iter_batches, pad_id
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
+from mrdkit.samplers import SAMPLERS, build
 from mrdkit.seeding import make_generator
 from mrdkit.unlearning.config import UnlearnConfig
-from mrdkit.unlearning.samplers import SAMPLERS, build
 
 Batch = dict[str, Any]
 

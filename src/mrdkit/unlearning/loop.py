@@ -1,28 +1,34 @@
 """``unlearn()``: the one explicit unlearning loop, built on ``accelerate`` so the same code runs on 1 or N devices.
 
-Setup (:mod:`~mrdkit.unlearning.run_setup`): method, reference model (a frozen copy of the start model, before
-LoRA and before any update), MRD scores for the sampler, LoRA or full fine-tuning, AdamW over the trainable
-parameters (decay on matrices only), a warmup + schedule (:class:`~mrdkit.unlearning.config.LrSchedule`), the
-run directory and, with ``resume=True``, the last checkpoint. Then epochs of optimizer steps
-(:mod:`mrdkit.unlearning.training`) until ``max_steps`` / ``epochs`` or the stop rule, and the final model in
-safetensors.
+Setup (:mod:`~mrdkit.unlearning.setup`): method, reference model (a frozen copy of the start model, before LoRA and
+before any update), MRD scores for the sampler, LoRA or full fine-tuning, AdamW over the trainable parameters
+(decay on matrices only), a warmup + schedule (:class:`~mrdkit.train.LrSchedule`), the run directory and, with
+``resume=True``, the last checkpoint. Then epochs of optimizer steps until ``max_steps`` / ``epochs`` or the stop
+rule, and the final model in safetensors.
+
+Step ``s`` (1-based) takes up to ``grad_accum`` forget micro-batches, pairs each with a retain batch (and, for
+idk/idkdpo, the forget questions with "I don't know" answers), lets the method turn them into
+``L = gamma * L_forget + alpha * L_retain`` (:mod:`mrdkit.unlearning.methods`) and takes one optimizer step through
+:func:`mrdkit.train.train_step` (mean of the micro-batch gradients, clipping, AdamW, schedule). Accumulation is
+done there rather than by ``Accelerator(gradient_accumulation_steps=...)``: accelerate counts micro-batches across
+epoch ends and divides every loss by the configured count, so a short last group would get the wrong weight.
+A NaN/Inf loss or gradient norm raises :class:`~mrdkit.errors.NonFiniteLossError` before the optimizer step, so
+the weights and the last checkpoint stay good.
 
 The forget sampler shards its own index stream (``num_replicas`` / ``rank`` = accelerate's process count /
-index), so no DataLoader is ``prepare``d: batches are collated here from sampler indices. The scheduler is not
+index), so no DataLoader is ``prepare``d: batches are collated from sampler indices. The scheduler is not
 ``prepare``d either (accelerate would step it once per process per call). Single-process runs need no
 ``accelerate launch``; ``accelerate launch --multi_gpu --num_processes N -m mrdkit unlearn ...`` runs N.
 
 The MRD paper (Feng et al., arXiv:2504.06658, paper-notes section 3) changes only the sampler: ``cga`` draws
 high-MRD (easy) forget samples more often; every base method (GA, GradDiff, NPO, ...) is unchanged.
-
-This module runs, resumes and finishes the loop; the setup lives in :mod:`mrdkit.unlearning.run_setup` (its names
-are re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,33 +37,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from mrdkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mrdkit.data import Sample
-from mrdkit.errors import MrdkitError
+from mrdkit.errors import MrdkitError, NonFiniteLossError
 from mrdkit.models import fit_max_length
-from mrdkit.runs import atomic_write_jsonl
+from mrdkit.runs import atomic_write_jsonl, dumps
+from mrdkit.train import seeded_dropout, train_step
 from mrdkit.unlearning import feed as F
-from mrdkit.unlearning.checkpoint import load_checkpoint
 from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.lora import save_final_model
 from mrdkit.unlearning.methods import UnlearnMethod
-from mrdkit.unlearning.run_setup import (  # noqa: F401  (re-exported)
-    SHARDED,
-    _accelerator,
-    _build,
-    _check_inputs,
-    _digest,
-    _method,
-    _optimizer,
-    _run_config,
-    _sampler_name,
-    _warn_overlap,
-    check_distributed_type,
-)
-from mrdkit.unlearning.training import LOG, RunState, UnlearnState, after_step, log_row, measure, train_step
+from mrdkit.unlearning.setup import Callback, RunState, UnlearnState, build_run, check_inputs, resolve_method
+from mrdkit.unlearning.step import method_loss
 
 __all__ = ["UnlearnConfig", "UnlearnResult", "UnlearnState", "unlearn"]
 
-Callback = Callable[[UnlearnState], "Mapping[str, Any] | None"]
+LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -78,6 +73,129 @@ class UnlearnResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------------------- one step
+
+
+def _mean_over_processes(acc: Any, values: dict[str, float]) -> dict[str, float]:
+    if acc.num_processes == 1 or not values:
+        return values
+    t = acc.reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=acc.device), reduction="mean")
+    return dict(zip(values, t.tolist()))  # NaN on any process makes the mean NaN everywhere: all ranks stop
+
+
+def _nonfinite(r: RunState, step: int, parts: Mapping[str, float]) -> NonFiniteLossError:
+    last = latest_checkpoint(r.run_dir.path) if r.run_dir else None
+    text = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
+    message = (f"non-finite loss at step {step} ({text}); run stopped, last good checkpoint: "
+               f"{last or 'none'} (lower the lr or check the method's hyper-parameters)")
+    if r.run_dir and r.acc.is_main_process:
+        r.run_dir.write_json("summary.json", {"status": "non_finite", "step": step, "message": message})
+    return NonFiniteLossError(message)
+
+
+def unlearning_step(r: RunState, group: list[list[int]], step: int, epoch: float) -> dict[str, Any]:
+    """One optimizer step over the micro-batches of ``group`` (forget indices); returns the log row."""
+    lr, ids = r.optimizer.param_groups[0]["lr"], []
+
+    def micro_loss(m: int, indices: list[int]):
+        def run() -> tuple[torch.Tensor, dict[str, float]]:
+            batches = r.feed.batches(indices, step, m, retain=r.method.needs_retain, idk=r.method.needs_idk)
+            ids.extend(batches[0]["ids"])
+            with seeded_dropout(r.cfg.seed, step, m, r.feed.rank, device=r.acc.device):
+                return method_loss(r.method, r.model, r.ref, *batches)
+        return run
+
+    result = train_step([micro_loss(m, indices) for m, indices in enumerate(group)], params=list(r.params.values()),
+                        optimizer=r.optimizer, scheduler=r.scheduler, max_grad_norm=r.cfg.max_grad_norm,
+                        accelerator=r.acc, model=r.model, reduce_parts=lambda p: _mean_over_processes(r.acc, p),
+                        on_nonfinite=lambda parts: _nonfinite(r, step, parts))
+    if r.acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        ids = gather_object(ids)
+    return {"step": step, "epoch": epoch, "loss": result.parts.get("total"), "parts": result.parts, "lr": lr,
+            "grad_norm": result.grad_norm, "forget_ids": ids}
+
+
+# ------------------------------------------------------------------------------------------- after a step
+
+
+def _due(every: int | None, step: int) -> bool:
+    return every is not None and step % every == 0
+
+
+def measure(r: RunState) -> dict[str, float]:
+    """Mean P(a|q) of the whole forget set and of the retain panel (the stop rule's input)."""
+    bs, pad = r.cfg.eval_batch_size, r.feed.pad
+    out = {"forget_prob": F.mean_probability(r.raw, r.feed.forget_enc, bs, pad)}
+    if r.retain_panel:
+        out["retain_prob"] = F.mean_probability(r.raw, r.retain_panel, bs, pad)
+    return out
+
+
+def log_row(r: RunState, row: dict[str, Any]) -> None:
+    """Keep ``row`` in the history and append it to ``train_log.jsonl`` (a checkpoint's resume truncates it).
+
+    One ``write`` call per row on an ``O_APPEND`` descriptor, so a killed process leaves whole lines (a torn last
+    line, possible only on power loss, is dropped on resume)."""
+    r.history.append(row)
+    if r.run_dir and r.acc.is_main_process:
+        data = (dumps(row, indent=None) + "\n").encode("utf-8")
+        fd = os.open(r.run_dir.file(LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it in one call; loop only for the pathological short write
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+
+def _callbacks(r: RunState, row: dict[str, Any]) -> None:
+    """Run the evaluation callbacks on the model in eval mode (no dropout); their results go to ``row["eval"]``."""
+    state = UnlearnState(row["step"], row["epoch"], r.raw, r.feed.tokenizer, row, r.history)
+    was_training = r.raw.training
+    r.raw.eval()
+    try:
+        for callback in r.callbacks:
+            result = callback(state) or {}
+            row.setdefault("eval", {}).update(result)
+            if result.get("stop") and r.stop is None:
+                r.stop = (row["step"], "callback")
+    finally:
+        r.raw.train(was_training)
+
+
+def checkpoint_now(r: RunState, step: int, epoch: int, in_epoch: int) -> None:
+    """Write the checkpoint of ``step`` (main process) with the loop position ``(epoch, step within epoch)``."""
+    if r.run_dir is None:
+        return
+    if r.acc.is_main_process:
+        scores = r.sampler.scores.tolist() if hasattr(r.sampler, "rescore") else None
+        state = {"epoch": epoch, "step_in_epoch": in_epoch, "stop": r.stop, "sampler_scores": scores}
+        save_checkpoint(r.run_dir.path, step, params=r.params, optimizer=r.optimizer, scheduler=r.scheduler,
+                        state=state)
+    r.acc.wait_for_everyone()
+
+
+def after_step(r: RunState, row: dict[str, Any], epoch: int, in_epoch: int, epoch_end: bool) -> bool:
+    """Stop rule, callbacks, log row, checkpoint, progress; returns True when the run is over."""
+    cfg, step = r.cfg, row["step"]
+    last = step >= r.total
+    if _due(cfg.stop_check_every, step) or (cfg.stop_check_every is None and epoch_end) or last:
+        row.update(measure(r))
+        if cfg.stop_prob is not None and row["forget_prob"] <= cfg.stop_prob:
+            r.stop = (step, "stop_prob")
+    if _due(cfg.eval_every, step) or last or r.stop:
+        _callbacks(r, row)
+    log_row(r, row)
+    done = last or r.stop is not None
+    if _due(cfg.checkpoint_every, step) or done:
+        checkpoint_now(r, step, epoch, in_epoch)
+    if r.progress is not None and r.acc.is_main_process:
+        r.progress(step, r.total)
+    return done
+
+
 # ------------------------------------------------------------------------------------------- run / resume
 
 
@@ -93,18 +211,18 @@ def _fresh_start(r: RunState) -> None:
     log_row(r, row)
 
 
-def _resume(r: RunState, ckpt: Path, raw_optimizer) -> tuple[int, int, int]:
+def _resume(r: RunState) -> tuple[int, int, int]:
     """Load the checkpoint and keep the log rows up to its step; returns (step, epoch, step in epoch)."""
-    state = load_checkpoint(ckpt, params=r.params, optimizer=raw_optimizer, scheduler=r.scheduler)
+    state = load_checkpoint(r.checkpoint, params=r.params, optimizer=r.raw_optimizer, scheduler=r.scheduler)
     r.stop = tuple(state["stop"]) if state.get("stop") else None
     log = r.run_dir.file(LOG)
-    r.history = [row for row in _read_log(log) if row["step"] <= state["step"]]
+    r.history = [row for row in read_log(log) if row["step"] <= state["step"]]
     if r.acc.is_main_process:
         atomic_write_jsonl(log, r.history)  # drop rows a killed run wrote after its last checkpoint
     return state["step"], state["epoch"], state["step_in_epoch"]
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:
     """The train log's rows; a torn LAST line (the process died inside its append) is dropped, any other
     malformed line is an error naming it."""
     if not path.is_file():
@@ -128,7 +246,7 @@ def _train(r: RunState, step: int, epoch: int, in_epoch: int) -> None:
             raise MrdkitError(f"the sampler yielded no forget samples in epoch {epoch}")
         for k in range(in_epoch, len(groups)):
             step += 1
-            row = train_step(r, groups[k], step, round(epoch + (k + 1) / len(groups), 4))
+            row = unlearning_step(r, groups[k], step, round(epoch + (k + 1) / len(groups), 4))
             done = after_step(r, row, epoch, k + 1, k + 1 == len(groups))
             if done:
                 break
@@ -140,14 +258,14 @@ def _last_with(history: list[dict[str, Any]], key: str, first: bool = False) -> 
     return (rows[0] if first else rows[-1]) if rows else None
 
 
-def _finish(r: RunState, wall: float, info: dict[str, Any]) -> UnlearnResult:
+def finish_run(r: RunState, wall: float) -> UnlearnResult:
     r.acc.wait_for_everyone()
     stop_step, reason = r.stop if r.stop else (None, None)
     summary = {"status": "stopped" if r.stop else "completed", "steps": r.history[-1]["step"], "total_steps": r.total,
                "epochs": r.history[-1]["epoch"], "stop_step": stop_step, "stop_reason": reason,
                **{f"{k}_{end}": _last_with(r.history, k, end == "start") for k in ("forget_prob", "retain_prob")
                   for end in ("start", "end")},
-               "trainable_params": sum(p.numel() for p in r.params.values()), "wall_s": round(wall, 2), **info}
+               "trainable_params": sum(p.numel() for p in r.params.values()), "wall_s": round(wall, 2), **r.info}
     model = r.raw
     if r.run_dir is not None and r.acc.is_main_process:
         merge = bool(r.cfg.lora and r.cfg.lora.merge_on_save)
@@ -157,7 +275,6 @@ def _finish(r: RunState, wall: float, info: dict[str, Any]) -> UnlearnResult:
         r.run_dir.mark_finished(summary)
     model.eval()
     return UnlearnResult(model, r.history, stop_step, reason, r.run_dir.path if r.run_dir else None, summary)
-
 
 
 # ----------------------------------------------------------------------------------------------------- API
@@ -204,14 +321,15 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
     cfg.check()
     if fit_max_length(model, cfg.max_length) < cfg.max_length:  # cut at the context, not past the position table
         cfg = dataclasses.replace(cfg, max_length=fit_max_length(model, cfg.max_length))
-    meth = _method(method, cfg)
-    _check_inputs(forget, retain, meth, sampler, out_dir, resume, idk)
-    r, ckpt, optimizer, info = _build(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg,
-                                      out_dir=out_dir, resume=resume, overwrite=overwrite, idk=idk,
-                                      ref_model=ref_model, run_meta=run_meta)
+    meth = resolve_method(method, cfg)
+    check_inputs(forget, retain, meth, sampler, out_dir, resume, idk)
+    r = build_run(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg, out_dir=out_dir,
+                  resume=resume, overwrite=overwrite, idk=idk, ref_model=ref_model, run_meta=run_meta)
     r.callbacks, r.progress = list(callbacks), progress
-    position = _resume(r, ckpt, optimizer) if ckpt else (0, 0, 0)
-    if not ckpt:
+    if r.checkpoint:
+        position = _resume(r)
+    else:
+        position = (0, 0, 0)
         _fresh_start(r)
     _train(r, *position)
-    return _finish(r, time.perf_counter() - t0, info)
+    return finish_run(r, time.perf_counter() - t0)

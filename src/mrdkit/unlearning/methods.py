@@ -26,7 +26,7 @@ from mrdkit.registry import Registry
 from mrdkit.seeding import make_generator
 from mrdkit.unlearning import losses as L
 
-METHODS: Registry[type["UnlearnMethod"]] = Registry("method")
+METHODS: Registry[type[UnlearnMethod]] = Registry("method")
 
 
 @dataclass

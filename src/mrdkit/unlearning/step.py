@@ -1,4 +1,5 @@
-"""Running the model(s) for one unlearning step: fill a :class:`StepInputs` with what a method needs.
+"""Running the model(s) for one unlearning micro-batch: fill a :class:`StepInputs` with what a method needs, and
+turn it into the loss that :func:`mrdkit.train.train_step` differentiates.
 
 This is the only unlearning code that calls models; methods stay pure functions of the filled inputs.
 """
@@ -103,3 +104,12 @@ def gather_step_inputs(
     elif method.needs_retain:
         ctx.retain = token_logprobs(model, retain_batch, grad=True)
     return ctx
+
+
+def method_loss(method: UnlearnMethod, model: torch.nn.Module, ref_model: torch.nn.Module | None,
+                forget_batch: Mapping[str, Any], retain_batch: Mapping[str, Any] | None = None,
+                idk_batch: Mapping[str, Any] | None = None) -> tuple[Tensor, dict[str, float]]:
+    """``(loss, parts)`` of ``method`` on one micro-batch: the body of a :data:`mrdkit.train.MicroLoss`, shared
+    by the unlearning loop, the required-updates ground truth and the lookahead difficulty scores."""
+    out = method.compute(gather_step_inputs(method, model, ref_model, forget_batch, retain_batch, idk_batch))
+    return out.total, out.parts

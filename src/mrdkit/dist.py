@@ -1,4 +1,5 @@
-"""Process-group plumbing for multi-process MRD: launch detection, gloo/NCCL init and teardown, object collectives.
+"""Process-group plumbing for multi-process runs (sharded MRD scoring, DDP unlearning): launch detection,
+gloo/NCCL init and teardown, object collectives.
 
 Every collective here is called by all ranks at the same point; a failure on one rank is shared (``agree``,
 ``on_rank0``) so no rank is left waiting in a collective its peers will never reach.

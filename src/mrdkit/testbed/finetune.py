@@ -1,4 +1,4 @@
-"""Plain NLL fine-tuning of a causal LM on QA samples: how the TOFU testbed models learn their authors.
+"""Plain NLL fine-tuning of a causal LM on QA samples: how the testbed models learn their authors.
 
 TOFU (Maini et al. 2024, arXiv:2401.06121, section 3) fine-tunes a chat model on all 4000 QA pairs with the
 answer-only negative log-likelihood and AdamW; the forget-quality reference ("retain model") is trained the same
@@ -7,35 +7,37 @@ way on the retain split only. This module is that loop at CPU scale:
     L(theta) = - (1 / sum_i n_i) * sum_i sum_{t in answer_i} log p_theta(y_t | x_<t)
 
 (token mean over the batch, as Hugging Face's causal-LM loss), computed through the one primitive
-:func:`mrdkit.logprob.token_logprobs`.
+:func:`mrdkit.logprob.token_logprobs`, and every update is the shared :func:`mrdkit.train.train_step` (the step the
+unlearning loop takes; AdamW with decay on matrices only, HF warmup from lr 0, clipping).
 
 Speed: samples are sorted by token length and cut into fixed buckets, so each batch is padded only to its own
 longest sample (about 2x faster than random batches on TOFU, where lengths vary 30-110 tokens). The *order* of
 the buckets is shuffled every epoch with ``make_generator(seed, "finetune-batches", epoch)``.
 
-Determinism: batch order comes from that generator, dropout (if the model has any) from a generator seeded with
-``(seed, "finetune-dropout")`` inside :func:`torch.random.fork_rng`, so the caller's global RNG is untouched and
-the same inputs + seed give bitwise identical weights on the same machine and thread count. Early stopping on
-``target_accuracy`` reads only this run's own numbers, so it is deterministic too.
+Determinism: batch order comes from that generator and dropout (if the model has any) from
+:func:`mrdkit.train.seeded_dropout` keyed by (seed, step), so the caller's global RNG is untouched and the same
+inputs + seed give bitwise identical weights on the same machine and thread count. Early stopping on
+``target_accuracy`` reads only this run's own numbers, so it is deterministic too. With ``checkpoint_dir`` a
+checkpoint (:mod:`mrdkit.checkpoint`: safetensors + JSON) is written after every epoch and an interrupted run
+resumes from it, bitwise as if never interrupted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from mrdkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mrdkit.data import Sample, collate, encode_samples, pad_id
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
-from mrdkit.seeding import derive_seed, make_generator
-
-SCHEDULES = ("constant", "cosine")
+from mrdkit.runs import digest, read_json, refuse_if_differs
+from mrdkit.seeding import make_generator
+from mrdkit.train import SCHEDULES, LrSchedule, make_optimizer, make_scheduler, seeded_dropout, train_step
 
 
 @dataclass
@@ -47,8 +49,8 @@ class FinetuneConfig:
         lr: peak AdamW learning rate.
         batch_size: samples per batch (one bucket of similar lengths).
         weight_decay: AdamW decoupled weight decay, applied to matrices only (not biases / norms, as HF Trainer).
-        warmup_steps: linear warmup from lr/warmup_steps to lr.
-        schedule: ``"constant"`` after warmup, or ``"cosine"`` decay to 0 at ``epochs``.
+        warmup_steps: linear warmup from lr 0 (HF convention, :class:`mrdkit.train.LrSchedule`).
+        schedule: ``"constant"`` after warmup, ``"linear"`` or ``"cosine"`` decay to 0 at ``epochs``.
         seed: seeds batch order and dropout.
         max_length: longest tokenized sequence kept.
         template: prompt template (:mod:`mrdkit.data.templates`).
@@ -89,20 +91,16 @@ class FinetuneConfig:
             raise MrdkitError(f"finetune needs lr > 0 and warmup_steps >= 0 (got {self.lr}, {self.warmup_steps})")
 
 
-@contextlib.contextmanager
-def pinned_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op CPU threads (0: unchanged) and restore the old count afterwards.
+def fresh_tiny_gpt2(sizes: dict[str, int], tokenizer: Any, seed: int):
+    """The starting point of a testbed built from scratch: a seeded tiny GPT-2 of ``sizes``
+    (:func:`mrdkit.tiny.tiny_config`) with dropout off (memorisation is the point, and TOFU's Llama-2 has none),
+    float32 on the CPU, as a :class:`~mrdkit.models.LoadedModel`."""
+    from mrdkit.models import finish_loading
+    from mrdkit.tiny import init_tiny_weights, tiny_config
 
-    CPU training is bitwise repeatable only at a fixed thread count (the kernels split reductions by thread), so
-    builds that promise identical weights pin it.
-    """
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    config = tiny_config("gpt2", **sizes)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+    return finish_loading(init_tiny_weights(config, seed), tokenizer, "tiny-gpt2", device="cpu")
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -116,44 +114,6 @@ def batch_order(n_batches: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_batches, generator=make_generator(seed, "finetune-batches", epoch)).tolist()
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
-
-    Warmup: ``(step + 1) / warmup`` for ``step < warmup``; then 1 (constant) or
-    ``0.5 * (1 + cos(pi * (step - warmup) / (total - warmup)))`` (cosine, Loshchilov & Hutter 2017).
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (biases and LayerNorm gains are not decayed, as HF Trainer)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise MrdkitError("finetune: the model has no trainable parameters")
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
-
-
-def _train_step(model, batch, optimizer, scheduler, cfg: FinetuneConfig) -> tuple[float, int, torch.Tensor]:
-    """One AdamW step on the token-mean NLL; returns (summed NLL, token count, per-sample accuracy (B,))."""
-    out = token_logprobs(model, batch, grad=True)  # values (B, T-1) float64
-    n_tokens = int(out.count().sum())
-    loss = -out.values.sum() / max(1, n_tokens)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    return float(loss.detach()) * n_tokens, n_tokens, out.accuracy()
-
-
 def _monitor_accuracy(model, tokenizer, monitor: Sequence[Sample], cfg: FinetuneConfig) -> dict[str, float]:
     from mrdkit.evaluation.answers import answer_logprobs
 
@@ -163,35 +123,68 @@ def _monitor_accuracy(model, tokenizer, monitor: Sequence[Sample], cfg: Finetune
             "monitor_nll": -sum(s.mean_logprob for s in scores) / len(scores)}
 
 
-def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckpt) -> list[dict[str, Any]]:
-    """The epoch loop; ``ckpt`` = (folder, fingerprint) saves after every epoch and resumes from the latest."""
-    from mrdkit.finetune_ckpt import load_checkpoint, save_checkpoint
+@dataclass
+class _Epoch:
+    """Running totals of one epoch's training batches."""
 
-    optimizer = make_optimizer(model, cfg)
+    nll: float = 0.0
+    tokens: int = 0
+    accuracies: list[torch.Tensor] = field(default_factory=list)
+
+
+def _nll_loss(model, batch, epoch: _Epoch, seed: int, step: int):
+    """The micro-batch loss of :func:`mrdkit.train.train_step`: token-mean NLL; records the epoch's totals."""
+    def loss() -> tuple[torch.Tensor, dict[str, float]]:
+        with seeded_dropout(seed, "finetune", step):
+            out = token_logprobs(model, batch, grad=True)  # values (B, T-1) float64
+        n_tokens = int(out.count().sum())
+        nll = -out.values.sum() / max(1, n_tokens)
+        epoch.nll, epoch.tokens = epoch.nll + float(nll.detach()) * n_tokens, epoch.tokens + n_tokens
+        epoch.accuracies.append(out.accuracy())
+        return nll, {"nll": float(nll.detach())}
+    return loss
+
+
+def _reached(row: dict[str, Any], cfg: FinetuneConfig, has_monitor: bool) -> bool:
+    if cfg.target_accuracy is None:
+        return False
+    acc = row.get("monitor_accuracy") if has_monitor else row["train_accuracy"]
+    return acc is not None and acc >= cfg.target_accuracy
+
+
+def _resume(ckpt_dir: Path | None, fingerprint: dict[str, Any], params, optimizer, scheduler) -> list[dict]:
+    """The history of the latest checkpoint in ``ckpt_dir`` (weights, optimizer and schedule loaded), or []."""
+    ckpt = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if ckpt is None:
+        return []
+    saved = read_json(ckpt / "state.json").get("fingerprint", {})
+    refuse_if_differs(saved, fingerprint, f"fine-tune checkpoint {ckpt} was written for another run",
+                      "delete it to start afresh", nested=True)
+    return load_checkpoint(ckpt, params=params, optimizer=optimizer, scheduler=scheduler)["history"]
+
+
+def _run_epochs(model, tokenizer, batches, monitor, cfg: FinetuneConfig, progress, on_epoch, ckpt_dir,
+                fingerprint) -> list[dict[str, Any]]:
+    """The epoch loop; with ``ckpt_dir`` a checkpoint after every epoch and a resume from the latest."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     total = cfg.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
-    history: list[dict[str, Any]] = []
-    resumed = load_checkpoint(ckpt[0], model, ckpt[1]) if ckpt else None
-    if resumed is not None:
-        optimizer.load_state_dict(resumed.optimizer)
-        scheduler.load_state_dict(resumed.scheduler)
-        torch.set_rng_state(resumed.rng)  # the dropout stream continues where it stopped
-        history = resumed.history
-        if history and (history[-1].get("stopped_early") or len(history) == cfg.epochs):
-            return history  # the checkpoint is the finished run
+    scheduler = make_scheduler(optimizer, LrSchedule(total, cfg.warmup_steps, cfg.schedule))
+    history = _resume(ckpt_dir, fingerprint, params, optimizer, scheduler)
+    if history and (history[-1].get("stopped_early") or len(history) == cfg.epochs):
+        return history  # the checkpoint is the finished run
     step = history[-1]["step"] if history else 0
     for epoch in range(len(history), cfg.epochs):
-        start, nll, tokens, accs = time.perf_counter(), 0.0, 0, []
+        start, totals = time.perf_counter(), _Epoch()
         lr = scheduler.get_last_lr()[0]
         for b in batch_order(len(batches), cfg.seed, epoch):
-            s_nll, s_tok, acc = _train_step(model, batches[b], optimizer, scheduler, cfg)
-            nll, tokens, step = nll + s_nll, tokens + s_tok, step + 1
-            accs.append(acc)
+            step += 1
+            train_step([_nll_loss(model, batches[b], totals, cfg.seed, step)], params=list(params.values()),
+                       optimizer=optimizer, scheduler=scheduler, max_grad_norm=cfg.max_grad_norm)
             if progress is not None:
                 progress(step, total)
-        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_nll": nll / max(1, tokens),
-               "train_accuracy": float(torch.cat(accs).mean())}
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_nll": totals.nll / max(1, totals.tokens),
+               "train_accuracy": float(torch.cat(totals.accuracies).mean())}
         if monitor and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             row.update(_monitor_accuracy(model, tokenizer, monitor, cfg))
             model.train()
@@ -200,8 +193,9 @@ def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckp
         done = _reached(row, cfg, bool(monitor))
         if done:
             row["stopped_early"] = epoch + 1 < cfg.epochs
-        if ckpt:
-            save_checkpoint(ckpt[0], model, optimizer, scheduler, history, ckpt[1])
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, epoch + 1, params=params, optimizer=optimizer, scheduler=scheduler,
+                            state={"history": history, "fingerprint": fingerprint})
         if on_epoch is not None:
             on_epoch(row)
         if done:
@@ -209,11 +203,11 @@ def _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckp
     return history
 
 
-def _reached(row: dict[str, Any], cfg: FinetuneConfig, has_monitor: bool) -> bool:
-    if cfg.target_accuracy is None:
-        return False
-    acc = row.get("monitor_accuracy") if has_monitor else row["train_accuracy"]
-    return acc is not None and acc >= cfg.target_accuracy
+def run_fingerprint(cfg: FinetuneConfig, samples: Sequence[Sample], n_batches: int,
+                    monitor: Sequence[Sample] = ()) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the recipe, the training and monitor samples, the batching."""
+    return {"config": cfg.to_dict(), "samples": digest(s.id for s in samples), "n_samples": len(samples),
+            "monitor": digest(s.id for s in monitor), "n_batches": n_batches}
 
 
 def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], cfg: FinetuneConfig, *,
@@ -232,9 +226,9 @@ def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], 
             epochs (and then drives ``target_accuracy``).
         progress: ``progress(done_steps, total_steps)`` callback.
         on_epoch: called with each epoch's history row as soon as it is complete (logging).
-        checkpoint_dir: save a checkpoint there after every epoch (:mod:`mrdkit.finetune_ckpt`) and, if one is
-            there already, resume from it: the result is bitwise the uninterrupted run's. A checkpoint of another
-            recipe or data is refused.
+        checkpoint_dir: save a checkpoint there after every epoch (:mod:`mrdkit.checkpoint`) and, if one is there
+            already, resume from it: the result is bitwise the uninterrupted run's. A checkpoint of another recipe
+            or data is refused.
 
     Returns:
         One dict per epoch: ``epoch``, ``step``, ``lr`` (at the epoch's start), ``train_nll`` (token mean),
@@ -250,16 +244,10 @@ def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], 
     pad = pad_id(tokenizer)
     batches = [collate([encoded[i] for i in idx], pad)
                for idx in length_buckets([len(e.input_ids) for e in encoded], cfg.batch_size)]
+    fingerprint = run_fingerprint(cfg, samples, len(batches), monitor or [])
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     model.train()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, "finetune-dropout"))
-            ckpt = None
-            if checkpoint_dir is not None:
-                from mrdkit.finetune_ckpt import fingerprint
-
-                ckpt = (Path(checkpoint_dir), fingerprint(cfg.to_dict(), [s.id for s in samples], len(batches),
-                                                          [s.id for s in monitor or []]))
-            return _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckpt)
+        return _run_epochs(model, tokenizer, batches, monitor, cfg, progress, on_epoch, ckpt_dir, fingerprint)
     finally:
         model.eval()

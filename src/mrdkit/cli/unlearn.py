@@ -15,27 +15,9 @@ import typer
 LR_HELP = "peak AdamW learning rate (default 1e-5: NPO/TOFU value for 7B models; a tiny model needs ~1e-3)"
 
 
-def _pairs(items: List[str], flag: str) -> dict[str, Any]:
-    """``["beta=0.1", "mode=softmax"]`` -> ``{"beta": 0.1, "mode": "softmax"}`` (values read as YAML scalars)."""
-    import yaml
-
-    from mrdkit.errors import MrdkitError
-
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise MrdkitError(f"{flag} {item!r} is not of the form key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except (yaml.YAMLError, ValueError):  # PyYAML raises ValueError for e.g. "0x_"
-            out[key.strip()] = raw
-    return out
-
-
 def _load(spec: str, limit: Optional[int]) -> list:
     """Samples of ``spec``: ``tofu:<split>``, a file, a TOFU folder, a hub id, or ``SOURCE:SPLIT``."""
-    from mrdkit.cli_common import load_data
+    from mrdkit.cli.options import load_data
     from mrdkit.errors import MrdkitError
 
     if limit is not None and limit < 1:
@@ -49,15 +31,15 @@ def _load(spec: str, limit: Optional[int]) -> list:
 def _config(path: Optional[Path], flags: dict[str, Any], lora: Optional[bool], hp: List[str],
             sampler_args: List[str], sets: List[str]):
     """Defaults <- YAML file <- explicit flags <- ``--hp`` / ``--sampler-arg`` <- ``--set`` overrides."""
-    from mrdkit.config import apply_overrides, from_dict, load_yaml
+    from mrdkit.config import apply_overrides, from_dict, load_yaml, parse_pairs
     from mrdkit.unlearning.config import UnlearnConfig
 
     data = load_yaml(path) if path is not None else {}
     data.update({k: v for k, v in flags.items() if v is not None})
     if lora is not None:
         data["lora"] = (data.get("lora") or {}) if lora else None
-    data["method_kwargs"] = {**(data.get("method_kwargs") or {}), **_pairs(hp, "--hp")}
-    data["sampler_kwargs"] = {**(data.get("sampler_kwargs") or {}), **_pairs(sampler_args, "--sampler-arg")}
+    data["method_kwargs"] = {**(data.get("method_kwargs") or {}), **parse_pairs(hp, "--hp")}
+    data["sampler_kwargs"] = {**(data.get("sampler_kwargs") or {}), **parse_pairs(sampler_args, "--sampler-arg")}
     cfg = apply_overrides(from_dict(UnlearnConfig, data), sets)
     cfg.check()
     return cfg
@@ -65,8 +47,8 @@ def _config(path: Optional[Path], flags: dict[str, Any], lora: Optional[bool], h
 
 def _check_names(method: str, sampler: str, cfg) -> None:
     """Did-you-mean errors for the method, its hyper-parameters and the sampler before any model or data loads."""
+    from mrdkit.samplers import SAMPLERS
     from mrdkit.unlearning.methods import build_method
-    from mrdkit.unlearning.samplers import SAMPLERS
 
     build_method(method, **cfg.method_kwargs)
     SAMPLERS.get(sampler)
@@ -119,7 +101,7 @@ def unlearn_command(
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
 ) -> None:
     """Unlearn a forget set (GA, GradDiff, NPO, ...) with an MRD-guided sampler; writes model + logs to --out."""
-    from mrdkit.cli_common import load_model_for, print_table
+    from mrdkit.cli.options import load_model_for, print_table
     from mrdkit.progress import progress_bar
     from mrdkit.unlearning.loop import unlearn
 

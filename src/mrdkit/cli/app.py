@@ -7,14 +7,16 @@ Heavy imports (torch, transformers) happen inside the commands so that ``mrd --h
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from mrdkit.cli import bench, evaluate, score, unlearn
+
 app = typer.Typer(
     name="mrd",
-    help="Memory Removal Difficulty (MRD) for LLM unlearning: score samples, unlearn with MRD-guided samplers, evaluate.",
+    help="Memory Removal Difficulty (MRD) for LLM unlearning: score samples, unlearn with MRD-guided samplers, "
+         "evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,12 +31,24 @@ def _console():
     return Console(stderr=False)
 
 
+def all_registries() -> dict[str, list[tuple[str, str]]]:
+    """``{kind: [(name, summary), ...]}`` for every registry a config string can pick from (imports torch)."""
+    from mrdkit.bench.run import EXPERIMENTS  # importing bench.run registers every experiment
+    from mrdkit.data.templates import TEMPLATES
+    from mrdkit.evaluation.metrics import METRICS
+    from mrdkit.samplers import SAMPLERS
+    from mrdkit.scoring.estimators import ESTIMATORS
+    from mrdkit.unlearning.methods import METHODS
+
+    registries = {"templates": TEMPLATES, "estimators": ESTIMATORS, "methods": METHODS, "samplers": SAMPLERS,
+                  "metrics": METRICS, "experiments": EXPERIMENTS}
+    return {kind: [(e.name, str(e.meta.get("summary", ""))) for e in reg.entries()] for kind, reg in registries.items()}
+
+
 @app.command("ls")
 def list_registries() -> None:
     """List everything a config string can name: templates, estimators, methods, samplers, metrics, experiments."""
     from rich.markup import escape
-
-    from mrdkit.registries import all_registries
 
     console = _console()
     for kind, entries in all_registries().items():
@@ -60,9 +74,9 @@ def data_inspect(
     samples = load_samples(path, split=split, question_key=question_key, answer_key=answer_key, text_key=text_key)
     tokenizer = None
     if model is not None:
-        from mrdkit.models import load_model
+        from mrdkit.cli.options import load_model_for
 
-        tokenizer = load_model(model, tiny_texts=[s.prompt + s.answer for s in samples]).tokenizer
+        tokenizer = load_model_for(model, samples).tokenizer
     stats = inspect_samples(samples, tokenizer=tokenizer)
     if json_out:
         typer.echo(dumps(stats))
@@ -93,17 +107,9 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _register_commands() -> None:
-    """Attach the command modules (each imports its heavy dependencies lazily)."""
-    import importlib
-
-    for module in ("mrdkit.cli_score", "mrdkit.cli_unlearn", "mrdkit.cli_eval", "mrdkit.cli_bench"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
+    """Attach the command modules (each imports its heavy dependencies inside its commands)."""
+    for module in (score, unlearn, evaluate, bench):
+        module.register(app)
 
 
 def _one_line_warnings() -> None:
@@ -116,11 +122,13 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+_register_commands()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     from mrdkit.errors import MrdkitError
 
-    _register_commands()
     _one_line_warnings()
     try:
         app(args=argv, standalone_mode=True)

@@ -1,37 +1,81 @@
 """Setting up an :func:`~mrdkit.unlearning.loop.unlearn` run: input checks, the method, accelerate (DDP only, no
-sharded modes), AdamW, the resolved ``config.json`` and :func:`_build`, which assembles the
-:class:`~mrdkit.unlearning.training.RunState` in the order that matters (reference copy and MRD scores from the
-start model, before LoRA and any checkpoint).
+sharded modes), AdamW and its schedule, the resolved ``config.json``, and :func:`build_run`, which assembles the
+:class:`RunState` in the order that matters (reference copy and MRD scores from the start model, before LoRA and
+any checkpoint).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from mrdkit.checkpoint import latest_checkpoint
 from mrdkit.data import Sample, check_unique_ids, load_idk
 from mrdkit.errors import MrdkitError
 from mrdkit.models import clone_frozen, model_fingerprint, resolve_device
-from mrdkit.runs import RunDir
+from mrdkit.runs import RunDir, digest
+from mrdkit.samplers import SAMPLERS
+from mrdkit.train import LrSchedule, make_optimizer, make_scheduler
 from mrdkit.unlearning import feed as F
-from mrdkit.unlearning.checkpoint import latest_checkpoint
-from mrdkit.unlearning.config import LrSchedule, UnlearnConfig
+from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.lora import apply_lora, trainable_parameters
 from mrdkit.unlearning.methods import UnlearnMethod, build_method
-from mrdkit.unlearning.samplers import SAMPLERS
-from mrdkit.unlearning.training import RunState
+
+SHARDED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
 
 
-# --------------------------------------------------------------------------------------------------- setup
+@dataclass
+class UnlearnState:
+    """What an evaluation callback receives: ``callback(state) -> mapping | None`` (merged into the log row's
+    ``eval``; ``{"stop": True}`` ends the run). ``model`` is the unwrapped model, in eval mode during the call."""
+
+    step: int
+    epoch: float
+    model: torch.nn.Module
+    tokenizer: Any
+    row: dict[str, Any]
+    history: list[dict[str, Any]]
 
 
-def _method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
+Callback = Callable[[UnlearnState], "Mapping[str, Any] | None"]
+
+
+@dataclass
+class RunState:
+    """Everything the loop carries from step to step."""
+
+    cfg: UnlearnConfig
+    acc: Any
+    model: Any  # as prepared by accelerate (DDP-wrapped with several processes)
+    raw: Any  # unwrapped
+    ref: Any
+    method: UnlearnMethod
+    feed: F.Feed
+    sampler: Any
+    optimizer: Any  # as prepared by accelerate
+    scheduler: Any
+    params: dict[str, torch.nn.Parameter]
+    total: int
+    run_dir: RunDir | None
+    callbacks: Sequence[Callback] = ()
+    progress: Callable[[int, int], None] | None = None
+    retain_panel: list = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop: tuple[int, str] | None = None
+    checkpoint: Path | None = None  # the checkpoint to resume from
+    raw_optimizer: Any = None  # the optimizer accelerate wrapped (checkpoints load into it)
+    info: dict[str, Any] = field(default_factory=dict)  # method / sampler / scores / LoRA targets for the summary
+
+
+def resolve_method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
+    """A method instance from a registered name (+ ``cfg.method_kwargs``) or as given."""
     if isinstance(method, UnlearnMethod):
         if cfg.method_kwargs:
             raise MrdkitError("method_kwargs apply to a method name, not to a method instance")
@@ -39,7 +83,8 @@ def _method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
     return build_method(method, **cfg.method_kwargs)
 
 
-def _check_inputs(forget, retain, method: UnlearnMethod, sampler, out_dir, resume: bool, idk) -> None:
+def check_inputs(forget, retain, method: UnlearnMethod, sampler, out_dir, resume: bool, idk) -> None:
+    """One-line errors for what would fail later, before any heavy work."""
     if not forget:
         raise MrdkitError("the forget set is empty")
     if method.needs_idk and idk is not None and not idk:
@@ -51,10 +96,10 @@ def _check_inputs(forget, retain, method: UnlearnMethod, sampler, out_dir, resum
         SAMPLERS.get(sampler)  # did-you-mean before any heavy work
     if resume and out_dir is None:
         raise MrdkitError("resume=True needs out_dir (the run directory to resume)")
-    _warn_overlap(forget, retain)
+    warn_overlap(forget, retain)
 
 
-def _warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> None:
+def warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> None:
     """Warn when forget samples are also retain samples (same id, or same prompt and answer): the retain term then
     trains back what the forget term removes."""
     if not retain:
@@ -66,7 +111,8 @@ def _warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> 
                       f"e.g. {both[0]!r}: the retain term will train them back", UserWarning, stacklevel=3)
 
 
-def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
+def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
+    """accelerate's ``Accelerator`` for this run (CPU when asked), refusing parameter-sharding modes."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -75,7 +121,7 @@ def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
     acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
     check_distributed_type(acc.distributed_type)
     if acc.num_processes > 1:
-        from mrdkit.scoring.dist_comm import destroy_group_at_exit
+        from mrdkit.dist import destroy_group_at_exit
 
         destroy_group_at_exit()  # accelerate leaves the group up at exit; see destroy_group_at_exit
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -84,9 +130,6 @@ def _accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
                           f"set up before unlearn() with another device choice (e.g. PartialState() without cpu=True "
                           f"on a CPU run); let unlearn() create it")
     return acc
-
-
-SHARDED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
 
 
 def check_distributed_type(kind: Any) -> None:
@@ -104,37 +147,27 @@ def check_distributed_type(kind: Any) -> None:
                           f"--multi_gpu (DDP), or see docs/robustness.md for DeepSpeed / FSDP")
 
 
-def _optimizer(params: Mapping[str, torch.nn.Parameter], cfg: UnlearnConfig) -> torch.optim.AdamW:
-    """AdamW with decoupled decay on matrices only (not biases / norm weights), as the HF Trainer does."""
-    groups = [{"params": [p for p in params.values() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params.values() if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
-
-
-def _sampler_name(sampler: Any) -> str:
+def sampler_name(sampler: Any) -> str:
+    """A registered sampler's name, or the class name of a sampler object."""
     return sampler if isinstance(sampler, str) else type(sampler).__name__
 
 
-def _digest(values: Sequence[Any]) -> str:
-    return hashlib.blake2b("\n".join(map(repr, values)).encode(), digest_size=8).hexdigest()
-
-
-def _run_config(cfg, method, sampler, forget, retain, scores, source, targets, meta, start) -> dict[str, Any]:
+def run_config(cfg, method, sampler, forget, retain, scores, source, targets, meta, start) -> dict[str, Any]:
     """The resolved config stored in ``config.json``; ``--resume`` refuses a run whose config differs, including
     another start model (``start``: its :func:`~mrdkit.models.model_fingerprint`)."""
-    data = {"forget": {"n": len(forget), "ids": _digest([s.id for s in forget])},
-            "retain": {"n": len(retain or []), "ids": _digest([s.id for s in retain or []])}}
+    data = {"forget": {"n": len(forget), "ids": digest([s.id for s in forget])},
+            "retain": {"n": len(retain or []), "ids": digest([s.id for s in retain or []])}}
     return {"unlearn": dataclasses.asdict(cfg), "method": method.hparams(),
-            "sampler": _sampler_name(sampler), "data": data,
-            "scores": {"source": source, "digest": _digest(scores) if scores else None},
+            "sampler": sampler_name(sampler), "data": data,
+            "scores": {"source": source, "digest": digest(scores) if scores else None},
             "lora_targets": targets, "start_model": start, **dict(meta or {})}
 
 
-def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
-           cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta):
+def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
+              cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta) -> RunState:
     """Reference, scores, LoRA, run directory, sampler, batches, optimizer, schedule and accelerate, in the order
     that matters: the reference copy and the MRD scores see the start model, before LoRA and any checkpoint."""
-    acc = _accelerator(cfg, meth)
+    acc = make_accelerator(cfg, meth)
     ref = None
     if meth.needs_reference:
         ref = (ref_model if ref_model is not None else clone_frozen(model)).to(acc.device).eval()
@@ -146,7 +179,7 @@ def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: U
     params = trainable_parameters(model)
     if not params:
         raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
-    config = _run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
+    config = run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
     run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
     ckpt = latest_checkpoint(run_dir.path) if resume else None
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt else None
@@ -155,12 +188,11 @@ def _build(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: U
                   else None, (list(idk) if idk is not None else load_idk()) if meth.needs_idk else None,
                   tokenizer, cfg, acc.process_index)
     total = F.total_steps(smp, cfg)
-    optimizer = _optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(total, cfg.warmup_for(total), cfg.schedule))
+    optimizer = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    scheduler = make_scheduler(optimizer, LrSchedule(total, cfg.warmup_for(total), cfg.schedule))
     model.train(cfg.train_mode)
     prepared, prepared_opt = acc.prepare(model, optimizer)
     panel = F.encode(F.monitor_subset(retain, cfg.monitor_retain), tokenizer, cfg) if retain else []
-    r = RunState(cfg, acc, prepared, acc.unwrap_model(prepared), ref, meth, feed, smp, prepared_opt, scheduler,
-                 params, total, run_dir, [], None, panel)
-    info = {"method": meth.name, "sampler": _sampler_name(sampler), "scores": source, "lora_targets": targets}
-    return r, ckpt, optimizer, info
+    info = {"method": meth.name, "sampler": sampler_name(sampler), "scores": source, "lora_targets": targets}
+    return RunState(cfg, acc, prepared, acc.unwrap_model(prepared), ref, meth, feed, smp, prepared_opt, scheduler,
+                    params, total, run_dir, retain_panel=panel, checkpoint=ckpt, raw_optimizer=optimizer, info=info)

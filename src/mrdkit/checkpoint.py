@@ -1,4 +1,5 @@
-"""Checkpoints of the unlearning loop: safetensors + JSON only (no pickle), written atomically.
+"""Training checkpoints: safetensors + JSON only (no pickle), written atomically. The one checkpoint format of
+mrdkit: the unlearning loop saves one every ``checkpoint_every`` steps, the testbed fine-tune one per epoch.
 
 A checkpoint is a folder ``checkpoints/step-000012/`` holding
 
@@ -6,7 +7,8 @@ A checkpoint is a folder ``checkpoints/step-000012/`` holding
 - ``optimizer.safetensors`` + ``optimizer.json``: the optimizer state's tensors (AdamW ``exp_avg``,
   ``exp_avg_sq``, ``step``) keyed ``<param index>.<name>``, and its param groups / scalars;
 - ``scheduler.json``: ``LambdaLR.state_dict()`` (numbers only: the schedule is a plain callable object);
-- ``state.json``: loop position (step, epoch, step within epoch) and, for re-scoring samplers, the epoch's scores.
+- ``state.json``: whatever the trainer needs to continue (unlearning: loop position and, for re-scoring
+  samplers, the epoch's scores; fine-tuning: the epoch history and the run's fingerprint).
 
 There is no RNG state to store: every random stream is derived from (seed, component, step) (house rule 5).
 The folder is written under a temporary name and renamed into place, ``state.json`` last, so a killed job

@@ -25,17 +25,10 @@ def bench_run(
     set_: List[str] = typer.Option([], "--set", help="experiment option key=value (repeatable)"),
 ) -> None:
     """Run experiments (resumable: finished ones are skipped), then re-render report.md."""
-    from mrdkit.bench.experiments import experiment_names, run_experiment
-    from mrdkit.bench.report import render_report
-    from mrdkit.config import _parse_scalar
-    from mrdkit.errors import MrdkitError
+    from mrdkit.bench.run import experiment_names, render_report, run_experiment
+    from mrdkit.config import parse_pairs
 
-    options = {}
-    for item in set_:
-        if "=" not in item:
-            raise MrdkitError(f"--set {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        options[key.strip()] = _parse_scalar(value.strip())
+    options = parse_pairs(set_, "--set")
     selected = experiment_names() if names == ["all"] else names
     for name in selected:
         _log(f"== {name} ({'quick' if quick else 'full'})")
@@ -49,7 +42,7 @@ def bench_report(bench_dir: str = typer.Argument(..., help="bench directory writ
     """Re-render report.md from the run files."""
     from pathlib import Path
 
-    from mrdkit.bench.report import render_report
+    from mrdkit.bench.run import render_report
     from mrdkit.errors import MrdkitError
 
     if not Path(bench_dir).is_dir():
@@ -60,7 +53,7 @@ def bench_report(bench_dir: str = typer.Argument(..., help="bench directory writ
 @bench_app.command("ls")
 def bench_ls() -> None:
     """List the experiments."""
-    from mrdkit.bench.experiments import EXPERIMENTS, experiment_names
+    from mrdkit.bench.run import EXPERIMENTS, experiment_names
 
     for name in experiment_names():
         typer.echo(f"{name:<16} {EXPERIMENTS.entry(name).meta['summary']}")
@@ -88,7 +81,7 @@ def testbed_build(
 
     An interrupted build resumes when the same command is run again (finished models are kept, the model in
     training continues from its last epoch)."""
-    from mrdkit.testbed import build_testbed
+    from mrdkit.testbed.tofu import build_testbed
 
     info = build_testbed(tier, out, seed=seed, allow_failed_gates=allow_failed_gates, log=_log, restart=restart)
     typer.echo(str(info))
@@ -97,7 +90,7 @@ def testbed_build(
 @testbed_app.command("verify")
 def testbed_verify(tier: str = typer.Option("tiny", help="testbed tier")) -> None:
     """Check the packaged testbed's weight files against the sha256 sums in testbed.json."""
-    from mrdkit.testbed import verify_testbed
+    from mrdkit.testbed.tofu import verify_testbed
 
     typer.echo(f"testbed {tier}: {verify_testbed(tier)}")
 

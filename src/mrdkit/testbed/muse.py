@@ -10,7 +10,8 @@ holdout articles, see its README):
 - retain substitute: windows of the first ``retain_docs`` texts of ``privleak/retain2.json`` (retain2 split text),
   ``n_retain`` chunks; holdout: windows of ``privleak/holdout.json`` (never trained), ``n_holdout`` chunks;
 - target = tiny GPT-2 fine-tuned on forget + retain chunks, retain model = the same recipe, initial weights and
-  seed on the retain chunks only (MUSE's retrain model). NLL on every token (:mod:`mrdkit.finetune`, raw template).
+  seed on the retain chunks only (MUSE's retrain model). NLL on every token (:mod:`mrdkit.testbed.finetune`,
+  raw template).
 
 The byte-level BPE is fitted on all three text sets, so membership cannot leak through tokenization. The testbed is
 built into ``mrdkit.paths.cache_dir()/testbed/muse-tiny/<variant>`` on first use (not shipped): ``quick`` in about a
@@ -29,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError
-from mrdkit.finetune import FinetuneConfig
+from mrdkit.testbed.finetune import FinetuneConfig
 
 WHICH = ("target", "retain")
 SPLITS = ("forget", "retain", "holdout")
@@ -75,7 +76,7 @@ VARIANTS: dict[str, MuseRecipe] = {
 
 def recipe_for(variant: str = "quick", **overrides: Any) -> MuseRecipe:
     """The variant's recipe with recipe-field overrides (e.g. ``n_forget=8``; ``finetune`` may be a dict of
-    :class:`~mrdkit.finetune.FinetuneConfig` fields to change)."""
+    :class:`~mrdkit.testbed.finetune.FinetuneConfig` fields to change)."""
     if variant not in VARIANTS:
         raise MrdkitError(f"unknown MUSE testbed variant {variant!r} (known: {', '.join(VARIANTS)})")
     base = VARIANTS[variant]
@@ -142,13 +143,9 @@ def measure(lm: Any, chunks: dict[str, list[Sample]]) -> dict[str, float]:
 
 
 def _train(recipe: MuseRecipe, tokenizer: Any, samples: list[Sample], log: Callable[[str], None], which: str):
-    from mrdkit.finetune import finetune
-    from mrdkit.models import finish_loading
-    from mrdkit.tiny import init_tiny_weights, tiny_config
+    from mrdkit.testbed.finetune import finetune, fresh_tiny_gpt2
 
-    config = tiny_config("gpt2", **recipe.model)
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
-    lm = finish_loading(init_tiny_weights(config, recipe.seed), tokenizer, "tiny-gpt2", device="cpu")
+    lm = fresh_tiny_gpt2(recipe.model, tokenizer, recipe.seed)
     cfg = dataclasses.replace(recipe.finetune, seed=recipe.seed)
     def on_epoch(r: dict[str, Any]) -> None:
         if r["epoch"] % 10 == 0 or "stopped_early" in r:
@@ -159,10 +156,10 @@ def _train(recipe: MuseRecipe, tokenizer: Any, samples: list[Sample], log: Calla
 
 
 def _build_into(tmp: Path, recipe: MuseRecipe, data_dir: Optional[Path], log: Callable[[str], None]) -> dict:
-    from mrdkit.finetune import pinned_threads
     from mrdkit.models import load_model
     from mrdkit.runs import atomic_write_jsonl
     from mrdkit.tiny import build_tiny_tokenizer
+    from mrdkit.train import pinned_threads
 
     texts = corpus_texts(recipe, data_dir)
     tokenizer = build_tiny_tokenizer([t for docs in texts.values() for t in docs if t], recipe.model["vocab_size"],
@@ -199,8 +196,7 @@ def build_muse_testbed(variant: str = "quick", out_dir: Optional[Path] = None, *
 
     Built in a temporary sibling folder and renamed into place, so a killed build leaves no half testbed.
     """
-    from mrdkit.runs import atomic_write_json, provenance
-    from mrdkit.testbed import _replace_dir
+    from mrdkit.runs import atomic_write_json, provenance, replace_dir
 
     recipe, log = recipe or recipe_for(variant), log or (lambda line: None)
     out = Path(out_dir) if out_dir is not None else muse_testbed_dir(recipe.variant)
@@ -213,7 +209,7 @@ def build_muse_testbed(variant: str = "quick", out_dir: Optional[Path] = None, *
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     return meta
 
 

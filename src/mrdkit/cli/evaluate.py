@@ -39,11 +39,14 @@ def eval_command(
     overwrite: bool = typer.Option(False, help="recompute everything in --out"),
 ) -> None:
     """Evaluate a model: TOFU metrics as open-unlearning computes them, MCQ accuracy, or perplexity."""
-    from mrdkit.cli_common import print_table
+    from mrdkit.cli.options import load_model_for, print_table
     from mrdkit.evaluation.runner import evaluate
 
-    result = evaluate(model, benchmark=benchmark, out_dir=out, forget_split=forget_split, data=data, split=split,
-                      retain_model=retain_model, retain_log=retain_log, template=template, batch_size=batch_size,
+    load = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    model_ = load_model_for(model, [], **load)
+    retain_ = load_model_for(retain_model, [], **load) if retain_model is not None else None
+    result = evaluate(model_, benchmark=benchmark, out_dir=out, forget_split=forget_split, data=data, split=split,
+                      retain_model=retain_, retain_log=retain_log, template=template, batch_size=batch_size,
                       max_length=max_length, max_new_tokens=max_new_tokens, skip_generation=skip_generation,
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
                       tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,
@@ -56,21 +59,6 @@ def eval_command(
     bench = "MUSE" if benchmark == "muse-news" else "TOFU"
     extra = f", {bench}_EVAL.json, {bench}_SUMMARY.json" if result.community is not None else ""
     typer.echo(f"wrote {out}/eval.json, eval_samples.jsonl{extra} ({result.meta['seconds']:.1f} s)")
-
-
-def _parse_method_args(items: List[str]) -> dict:
-    """``key=value`` strings -> dict, values parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
-    from mrdkit.errors import MrdkitError
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise MrdkitError(f"--method-arg {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
 
 
 @difficulty_app.command("truth")
@@ -102,14 +90,15 @@ def truth_command(
     """Ground truth: updates of METHOD until each sample (or chunk) is forgotten, from the start model each time."""
     import statistics
 
-    from mrdkit.cli_common import load_data, load_model_for
+    from mrdkit.cli.options import load_data, load_model_for
+    from mrdkit.config import parse_pairs
     from mrdkit.evaluation.difficulty import required_updates
     from mrdkit.progress import progress_bar
     from mrdkit.runs import RunDir
 
     settings = dict(method=method, lr=lr, threshold=threshold, relative=relative, statistic=statistic, cap=cap,
                     chunk_size=chunk_size, token_set=token_set, optimizer=optimizer, seed=seed, template=template,
-                    method_kwargs=_parse_method_args(method_arg))
+                    method_kwargs=parse_pairs(method_arg, "--method-arg"))
     config = {**settings, "model": model, "data": data, "split": split, "limit": limit, "retain_data": retain_data}
     run = RunDir(out, config, resume=resume, overwrite=overwrite)
     samples = load_data(data, split=split, limit=limit)
@@ -129,8 +118,8 @@ def truth_command(
 
 def _correlate(scores: str, truth: str, score_cols: Optional[str], truth_col: str, out: Optional[str],
                n_boot: int, seed: int) -> None:
-    from mrdkit.cli_common import print_table
-    from mrdkit.evaluation.difficulty import correlation_report
+    from mrdkit.cli.options import print_table
+    from mrdkit.evaluation.correlation import correlation_report
 
     cols = [c.strip() for c in score_cols.split(",") if c.strip()] if score_cols else None
     table = correlation_report(scores, truth, score_cols=cols, truth_col=truth_col, n_boot=n_boot, seed=seed,

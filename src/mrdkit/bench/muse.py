@@ -2,7 +2,7 @@
 
 The MRD paper (Feng et al. 2025, arXiv:2504.06658) also unlearns raw corpora (WMDP forget corpora, Harry Potter);
 MUSE-News (Shi et al. 2024, arXiv:2407.06460) has the same shape and is open. On the MUSE tiny testbed
-(:mod:`mrdkit.muse_testbed`: a tiny GPT-2 that learnt a forget subset + a retain substitute), this experiment:
+(:mod:`mrdkit.testbed.muse`: a tiny GPT-2 that learnt a forget subset + a retain substitute), this experiment:
 
 1. scores MRD per forget chunk (antithetic estimator, float64 weights, sigma 1e-5) with the cheap proxies;
 2. measures the ground truth per chunk: gradient-ascent updates (AdamW, and plain SGD) from the target model until
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mrdkit.bench.common import score
-from mrdkit.bench.experiments import BenchContext, experiment
+from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
 PROXIES = ["loss", "grad_norm", "min_k_20", "min_k_40", "zlib", "n_tokens"]
@@ -33,7 +33,7 @@ def _variant(ctx: BenchContext) -> str:
 def _where(ctx: BenchContext) -> dict[str, Any]:
     """The testbed: the variant's cached one, or (``options["testbed"]``: recipe overrides) a private one built in
     this experiment's folder."""
-    from mrdkit.muse_testbed import recipe_for
+    from mrdkit.testbed.muse import recipe_for
 
     overrides = dict(ctx.options.get("testbed") or {})
     if not overrides:
@@ -96,7 +96,7 @@ def _eval_chunks(chunks: dict[str, list], n: int) -> dict[str, list]:
 
 
 def _correlations(ctx: BenchContext, mrd_rows: list[dict], truth: list[dict], name: str) -> list[dict[str, Any]]:
-    from mrdkit.evaluation.difficulty import correlation_report
+    from mrdkit.evaluation.correlation import correlation_report
 
     cols = [c for c in ["mrd", *PROXIES] if len({r.get(c) for r in mrd_rows}) > 1]  # constant columns say nothing
     return correlation_report(mrd_rows, truth, score_cols=cols, n_boot=ctx.size(200, 1000),
@@ -106,7 +106,7 @@ def _correlations(ctx: BenchContext, mrd_rows: list[dict], truth: list[dict], na
 def _unlearn_run(ctx: BenchContext, chunks: dict, scores: dict, sampler: str, seed: int, auc_retrain: float,
                  settings: dict[str, Any]) -> dict[str, Any]:
     """One NPO+RT run from the float32 target; its MUSE-style measures and forget / retain probability curve."""
-    from mrdkit.muse_testbed import load_muse_testbed
+    from mrdkit.testbed.muse import load_muse_testbed
     from mrdkit.unlearning import unlearn
     from mrdkit.unlearning.config import UnlearnConfig
 
@@ -177,7 +177,7 @@ def _truth(ctx: BenchContext, loaded: Any, forget: list, name: str) -> tuple[dic
 
 def _reference(ctx: BenchContext, chunks: dict) -> dict[str, dict[str, float]]:
     """Target and retain model measures; PrivLeak of both relative to the retain model's AUC."""
-    from mrdkit.muse_testbed import load_muse_testbed
+    from mrdkit.testbed.muse import load_muse_testbed
 
     ref = {w: measure_model(load_muse_testbed(_variant(ctx), w, **_where(ctx)),
                             _eval_chunks(chunks, len(chunks["forget"]))) for w in ("target", "retain")}
@@ -191,14 +191,14 @@ def _reference(ctx: BenchContext, chunks: dict) -> dict[str, dict[str, float]]:
 def muse(ctx: BenchContext) -> dict[str, Any]:
     """The experiment, on ``options["threads"]`` CPU threads (default 1: for a 0.67M-parameter model a second
     thread costs more in synchronisation than it saves, 11-15x slower on a busy 2-core machine)."""
-    from mrdkit.finetune import pinned_threads
+    from mrdkit.train import pinned_threads
 
     with pinned_threads(int(ctx.options.get("threads", 1))):
         return _muse(ctx)
 
 
 def _muse(ctx: BenchContext) -> dict[str, Any]:
-    from mrdkit.muse_testbed import load_muse_testbed, muse_testbed_chunks, muse_testbed_info
+    from mrdkit.testbed.muse import load_muse_testbed, muse_testbed_chunks, muse_testbed_info
 
     variant = _variant(ctx)
     ctx.log(f"muse: MUSE tiny testbed ({variant}; built on first use)")

@@ -16,10 +16,11 @@ def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = 
 
 def load_model_for(spec: str, samples: Sequence[Any], *, dtype: str = "float32", device: str = "auto",
                    trust_remote_code: bool = False, for_mrd: bool = False, seed: int = 0):
-    """:func:`mrdkit.models.load_model`; a ``tiny`` model's tokenizer is fitted on the samples' text."""
-    from mrdkit.models import load_model
+    """The model a ``--model`` option names (:func:`mrdkit.testbed.specs.load_model`: testbed names, directories,
+    hub ids, ``tiny``, ``smollm2``); a ``tiny`` model's tokenizer is fitted on the samples' text."""
+    from mrdkit.testbed.specs import load_model
 
-    texts = [s.text for s in samples] if spec.startswith("tiny") else None
+    texts = [s.text for s in samples] if spec.startswith("tiny") and samples else None
     return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code, for_mrd=for_mrd,
                       tiny_texts=texts, seed=seed)
 

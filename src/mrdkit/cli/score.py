@@ -10,7 +10,8 @@ import typer
 
 def score_command(
     model: str = typer.Option("tiny", help="model: local HF dir, hub id, 'tiny', 'testbed', 'smollm2'"),
-    data: str = typer.Option("tofu:forget01", help="data: 'tofu:<split>', TOFU dir, JSON/JSONL/CSV/parquet file, hub id"),
+    data: str = typer.Option("tofu:forget01",
+                             help="data: 'tofu:<split>', TOFU dir, JSON/JSONL/CSV/parquet file, hub id"),
     split: Optional[str] = typer.Option(None, help="split for a TOFU dir or hub dataset"),
     out: str = typer.Option("runs/mrd", help="output run directory"),
     draws: int = typer.Option(100, help="Monte Carlo draws K (antithetic: K pairs)"),
@@ -40,10 +41,11 @@ def score_command(
     shard: str = typer.Option("draws", help="under torchrun: split draws | samples over the ranks"),
 ) -> None:
     """Score MRD per sample: high MRD = fragile memory = easy to unlearn."""
-    from mrdkit.cli_common import load_data, load_model_for, print_table
+    from mrdkit.cli.options import load_data, load_model_for, print_table
     from mrdkit.config import apply_overrides
     from mrdkit.progress import progress_bar
-    from mrdkit.scoring.mrd import MRDConfig, score_mrd
+    from mrdkit.scoring.config import MRDConfig
+    from mrdkit.scoring.mrd import score_mrd
 
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
@@ -85,8 +87,7 @@ def _print_sigma_check(loaded, samples, cfg) -> None:
     from mrdkit.scoring.mrd import make_batches
 
     batches = make_batches(samples, loaded.tokenizer, cfg, loaded.model)
-    check = sigma_scaling_check(loaded.model, batches, cfg.sigma, min(cfg.draws, 16), seed=cfg.seed,
-                                param_pattern=cfg.param_pattern, scheme=cfg.scheme)
+    check = sigma_scaling_check(loaded.model, batches, cfg, draws=min(cfg.draws, 16))
     verdict = "ok" if check["ok"] else "NOT ~4: the estimate is not the second-order (curvature) signal"
     typer.echo(f"sigma check: curvature(2 sigma) / curvature(sigma) median = {check['median_ratio']:.3f} "
                f"(expected ~4, {check['draws']} draws): {verdict}")
