@@ -69,15 +69,13 @@ def open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> R
     """Check an existing run directory's identity and load its rows (none when ``overwrite``)."""
     if out is None:
         return RowStore(None)
-    from mrdkit.runs import RunDir, read_json, read_jsonl
+    from mrdkit.runs import RunDir, read_json, read_jsonl, refuse_if_differs
 
     rows: list[dict] = []
     if not overwrite and (out / "config.json").is_file():
         previous = read_json(out / "config.json")
-        diff = sorted(k for k in IDENTITY if previous.get(k) != identity.get(k))
-        if diff:
-            raise MrdkitError(f"{out} holds an evaluation with other settings (differs in: {', '.join(diff)}); "
-                              f"use --overwrite or another --out")
+        refuse_if_differs({k: previous.get(k) for k in IDENTITY}, {k: identity.get(k) for k in IDENTITY},
+                          f"{out} holds an evaluation with other settings", "use --overwrite or another --out")
         if (out / "eval_samples.jsonl").is_file():
             rows = read_jsonl(out / "eval_samples.jsonl")
     RunDir(out, identity, overwrite=True)
