@@ -34,6 +34,34 @@ def build_test_tokenizer(vocab_size: int = 300):
                                    bos_token="<|endoftext|>")
 
 
+#: A word-level vocabulary over GPT-2's byte-level pre-tokens: every token id below can be written out by hand.
+WORD_VOCAB = ["<|endoftext|>", "<pad>", "[UNK]", "Question", ":", "ĠWho", "Ġwrote", "Ġit", "?", "Ċ", "Answer",
+              "Ġ", "ĠJane", ".", "[", "INST", "]", "Ġ[/", "Jane", "<|", "user", "|>", "assistant", "Who"]
+
+
+def build_word_tokenizer(adds_bos: bool = False):
+    """A word-level tokenizer with GPT-2's byte-level pre-tokenization (``"Answer: Jane"`` -> ``Answer`` ``:``
+    ``ĠJane``; ``"Answer: "`` -> ``Answer`` ``:`` ``Ġ``), ids = positions in :data:`WORD_VOCAB`; ``adds_bos``: the
+    tokenizer puts ``<|endoftext|>`` (id 0) first, as Llama's puts ``<s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(WORD_VOCAB)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    if adds_bos:
+        core.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A",
+                                                            special_tokens=[("<|endoftext|>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<pad>", unk_token="[UNK]")
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """:func:`build_word_tokenizer` (session-wide: do not mutate; deep-copy it first)."""
+    return build_word_tokenizer()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A ~300-token byte-level BPE tokenizer (session-wide: do not mutate; deep-copy it first)."""

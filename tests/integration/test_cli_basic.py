@@ -19,6 +19,9 @@ def test_ls_lists_registries():
     out = run_cli("ls").stdout
     for name in ("antithetic", "cga", "npo", "plain", "forget_quality"):
         assert name in out
+    experiments = out.split("experiments", 1)[1]  # the section is not empty: every experiment registers
+    for name in ("validate", "samplers", "sensitivity", "characteristics", "selection", "muse"):
+        assert name in experiments
 
 
 def test_data_inspect_json(tmp_path):

@@ -123,3 +123,14 @@ def test_resume_of_a_finished_run_loads_it_without_scoring(loaded, tmp_path, mon
     assert again.rows() == first.rows()
     with pytest.raises(MrdkitError, match="different config"):  # other settings: still refused, never mixed
         score_mrd(loaded, SAMPLES, config=fast(draws=3), out_dir=tmp_path / "run", resume=True)
+
+
+def test_columns_are_named_for_what_they_hold(loaded, tmp_path):
+    """The paper estimator's signed mean is a mean relative change, not a curvature; both load back."""
+    from mrdkit.scoring.mrd import load_mrd_result
+
+    paper = score_mrd(loaded, SAMPLES, config=fast(estimator="paper"), out_dir=tmp_path / "paper")
+    rows = [json.loads(line) for line in (tmp_path / "paper" / "mrd.jsonl").read_text().splitlines()]
+    assert "mean_relative_change" in rows[0] and "curvature" not in rows[0]
+    assert [r["mean_relative_change"] for r in rows] == paper.mean.tolist()
+    assert torch.equal(load_mrd_result(tmp_path / "paper").mean, paper.mean)

@@ -17,6 +17,7 @@ from mrdkit.data import (
     encode_samples,
     iter_batches,
     pad_id,
+    prompt_token_ids,
     render,
     tokenizer_adds_bos,
 )
@@ -32,30 +33,91 @@ def _ids(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.fixture(scope="module")
-def bos_tokenizer(tiny_tokenizer):
-    """Like the tiny tokenizer but adding BOS on encode (Llama style), with a chat template that writes BOS."""
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(tiny_tokenizer.backend_tokenizer),
-                                  eos_token="<|endoftext|>", bos_token="<|endoftext|>", add_bos_token=True)
-    tok.chat_template = "{{ bos_token }}{% for m in messages %}U: {{ m['content'] }}\n{% endfor %}A: "
-    return tok
+# Hand-written ids (tests/conftest.py WORD_VOCAB) for "Question: Who wrote it?\nAnswer: " + "Jane." (open-unlearning's
+# non-chat template, TOFU's phi tags):        Question :  ĠWho Ġwrote Ġit ?  Ċ  Answer :   ĠJane .   EOS
+JOINT_PLAIN = [3, 4, 5, 6, 7, 8, 9, 10, 4, 12, 13, 0]
+M = IGNORE_INDEX
+WHO = Sample(id="w:0", prompt="Who wrote it?", answer="Jane.")
 
 
-def test_prompt_answer_boundary_is_exact(tiny_tokenizer):
+def test_joint_encoding_scores_the_seam_token_as_answer(word_tokenizer):
+    """The whole string tokenized at once: ``Answer: Jane`` gives ``:`` ``ĠJane``; the prompt alone ends in ``Ġ``,
+    so the first answer token ``ĠJane`` straddles the seam and is scored (every answer word counts)."""
+    (enc,) = encode_samples([WHO], word_tokenizer, template="plain")
+    assert enc.input_ids == JOINT_PLAIN
+    assert enc.labels == [M] * 9 + [12, 13, 0] and enc.answer_start == 9
+
+
+def test_community_encoding_masks_by_the_prompt_token_count_quirk_included(word_tokenizer):
+    """TOFU / open-unlearning: mask ``len(tokenize(prompt))`` = 10 positions; ``Answer: `` alone ends in ``Ġ`` (id
+    11), so position 9 (``ĠJane``) is masked too: the first answer word is not scored."""
+    (enc,) = encode_samples([WHO], word_tokenizer, template="plain", encoding="community")
+    assert enc.input_ids == JOINT_PLAIN
+    assert enc.labels == [M] * 10 + [13, 0]
+
+
+def test_separate_encoding_is_the_old_rule(word_tokenizer):
+    """Prompt and answer tokenized apart: ``Ġ`` then ``Jane`` (no leading space) at the seam."""
+    (enc,) = encode_samples([WHO], word_tokenizer, template="plain", encoding="separate")
+    assert enc.input_ids == [3, 4, 5, 6, 7, 8, 9, 10, 4, 11, 18, 13, 0]
+    assert enc.labels == [M] * 10 + [18, 13, 0]
+
+
+def test_llama2_template_has_no_space_after_inst(word_tokenizer):
+    """TOFU / open-unlearning Llama-2: ``"[INST] " + q + " [/INST]"`` then the answer with an empty tag."""
+    (enc,) = encode_samples([WHO], word_tokenizer, template="llama2")
+    #                           [   INST ]   ĠWho Ġwrote Ġit ? Ġ[/ INST ]  Jane .  EOS
+    assert enc.input_ids == [14, 15, 16, 5, 6, 7, 8, 17, 15, 16, 18, 13, 0]
+    assert enc.labels == [M] * 10 + [18, 13, 0]
+
+
+def test_bos_adding_tokenizer_counts_its_bos_in_the_mask():
+    """With a Llama-style tokenizer the BOS (here id 0) comes first and is part of the prompt's token count."""
+    from conftest import build_word_tokenizer
+
+    tok = build_word_tokenizer(adds_bos=True)
+    assert tokenizer_adds_bos(tok)
+    joint, community = (encode_samples([WHO], tok, template="plain", encoding=e)[0] for e in ("joint", "community"))
+    assert joint.input_ids == community.input_ids == [0] + JOINT_PLAIN
+    assert joint.labels == [M] * 10 + [12, 13, 0] and community.labels == [M] * 11 + [13, 0]
+
+
+def test_chat_template_encodes_the_whole_conversation(word_tokenizer):
+    """open-unlearning's chat path: the full conversation (answer + the template's end-of-turn text), EOS appended
+    because the conversation does not end with it; the prompt is the user turn with the generation prompt."""
+    tok = copy.deepcopy(word_tokenizer)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (enc,) = encode_samples([WHO], tok, template="chat")
+    #                        <|  user |>  Who Ġwrote Ġit ? Ċ <| assistant |> Jane . Ċ EOS
+    assert enc.input_ids == [19, 20, 21, 23, 6, 7, 8, 9, 19, 22, 21, 18, 13, 9, 0]
+    assert enc.labels == [M] * 11 + [18, 13, 9, 0]
+
+
+def test_token_sets_all_stops_before_eos_and_all_eos_keeps_it(word_tokenizer):
+    """``all``: what the MRD authors' loop scores, every token after the first up to the first EOS (not included);
+    ``all_eos``: the EOS too."""
+    (all_,) = encode_samples([WHO], word_tokenizer, template="plain", token_set="all")
+    (with_eos,) = encode_samples([WHO], word_tokenizer, template="plain", token_set="all_eos")
+    assert all_.labels == [M] + JOINT_PLAIN[1:-1] + [M]
+    assert with_eos.labels == [M] + JOINT_PLAIN[1:]
+
+
+def test_prompt_ids_follow_the_encoding(word_tokenizer):
+    """What generation starts from: joint = the shared prefix (up to ``:``), community = the prompt alone (ends in
+    ``Ġ``, as open-unlearning generates), separate = the prompt tokens of the old rule."""
+    got = {e: prompt_token_ids([WHO], word_tokenizer, "plain", e)[0] for e in ("joint", "community", "separate")}
+    assert got == {"joint": JOINT_PLAIN[:9], "community": JOINT_PLAIN[:9] + [11],
+                   "separate": JOINT_PLAIN[:9] + [11]}
+
+
+def test_prompt_answer_boundary_on_a_real_bpe(tiny_tokenizer):
     (enc,) = encode_samples(QA[:1], tiny_tokenizer, template="plain")
-    prompt, answer = render(QA[0], tiny_tokenizer, "plain")
-    p, a, eos = _ids(tiny_tokenizer, prompt), _ids(tiny_tokenizer, answer), tiny_tokenizer.eos_token_id
+    rendered = render(QA[0], tiny_tokenizer, "plain")
+    assert enc.input_ids == _ids(tiny_tokenizer, rendered.full) + [tiny_tokenizer.eos_token_id]
     assert not tokenizer_adds_bos(tiny_tokenizer)  # GPT-2 style: no start token before a non-empty prompt
-    assert enc.input_ids == p + a + [eos]
-    assert enc.labels == [IGNORE_INDEX] * len(p) + a + [eos]
-    assert tiny_tokenizer.decode(enc.labels[len(p):-1]) == QA[0].answer and not enc.truncated
-
-
-def test_token_set_all_scores_everything_but_the_first_token(tiny_tokenizer):
-    (enc,) = encode_samples(QA[:1], tiny_tokenizer, template="plain", token_set="all")
-    assert enc.labels == [IGNORE_INDEX] + enc.input_ids[1:]
+    scored = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(scored[:-1]).strip() == QA[0].answer and not enc.truncated
 
 
 def test_raw_text_gets_a_start_token_so_its_first_token_is_scored(tiny_tokenizer):
@@ -64,17 +126,6 @@ def test_raw_text_gets_a_start_token_so_its_first_token_is_scored(tiny_tokenizer
     start = tiny_tokenizer.bos_token_id
     assert enc.input_ids == [start] + text_ids + [tiny_tokenizer.eos_token_id]
     assert enc.labels == [IGNORE_INDEX] + text_ids + [tiny_tokenizer.eos_token_id]
-
-
-def test_bos_adding_tokenizer_gets_one_bos(bos_tokenizer):
-    assert tokenizer_adds_bos(bos_tokenizer)
-    bos = bos_tokenizer.bos_token_id
-    plain, chat = (encode_samples(QA[:1], bos_tokenizer, template=t)[0] for t in ("plain", "chat"))
-    assert plain.input_ids[0] == bos and plain.input_ids[1] != bos
-    assert chat.input_ids[0] == bos and chat.input_ids[1] != bos  # the template's BOS is not doubled
-    for enc, tmpl in ((plain, "plain"), (chat, "chat")):
-        answer_ids = _ids(bos_tokenizer, QA[0].answer) + [bos_tokenizer.eos_token_id]
-        assert [t for t in enc.labels if t != IGNORE_INDEX] == answer_ids, tmpl
 
 
 def test_add_eos_false_and_missing_eos(tiny_tokenizer):
@@ -112,6 +163,7 @@ def test_empty_answer_without_eos_is_an_error(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("kwargs, match", [({"token_set": "prompt"}, "unknown token_set 'prompt'"),
+                                           ({"encoding": "tofu"}, "unknown encoding 'tofu'"),
                                            ({"max_length": 1}, "max_length must be at least 2")])
 def test_bad_arguments(tiny_tokenizer, kwargs, match):
     with pytest.raises(MrdkitError, match=match):
@@ -135,7 +187,7 @@ def test_collate_right_pads(tiny_tokenizer):
 
 
 def test_labels_are_exactly_the_scored_tokens(tiny_tokenizer):
-    enc = encode_samples(QA + [TEXT], tiny_tokenizer, template="plain", token_set="all")
+    enc = encode_samples(QA + [TEXT], tiny_tokenizer, template="plain", token_set="all_eos")
     batch = collate(enc, 0)
     logits = torch.randn(*batch["input_ids"].shape, len(tiny_tokenizer), generator=torch.Generator().manual_seed(0))
     counts = gather_logprobs(logits, batch["labels"]).count()
@@ -173,14 +225,15 @@ def test_iter_batches_covers_every_sample_once(tiny_tokenizer):
 
 @settings(max_examples=40, deadline=None)
 @given(prompt=st.text(max_size=30), answer=st.text(min_size=1, max_size=30),
-       token_set=st.sampled_from(["answer", "all"]), max_length=st.integers(2, 40))
-def test_encoding_invariants(tiny_tokenizer, prompt, answer, token_set, max_length):
+       token_set=st.sampled_from(["answer", "all_eos"]), max_length=st.integers(2, 40),
+       encoding=st.sampled_from(["joint", "separate"]))
+def test_encoding_invariants(tiny_tokenizer, prompt, answer, token_set, max_length, encoding):
     sample = Sample(id="h:0", prompt=prompt, answer=answer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             (enc,) = encode_samples([sample], tiny_tokenizer, template="raw", token_set=token_set,
-                                    max_length=max_length)
+                                    max_length=max_length, encoding=encoding)
     except MrdkitError as err:  # only legitimate failure: nothing left to score after the cut
         assert "max_length" in str(err)
         return
@@ -188,5 +241,7 @@ def test_encoding_invariants(tiny_tokenizer, prompt, answer, token_set, max_leng
     assert all(lab in (IGNORE_INDEX, tok) for lab, tok in zip(enc.labels, enc.input_ids))
     scored = [i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX]
     assert scored == list(range(scored[0], len(enc.labels)))  # one contiguous block up to the end
-    if token_set == "answer" and not enc.truncated:
+    if token_set == "answer" and not enc.truncated and encoding == "separate":
         assert tiny_tokenizer.decode(enc.labels[scored[0]:-1]) == answer
+    if token_set == "answer" and not enc.truncated and encoding == "joint":  # the seam token may carry prompt text
+        assert tiny_tokenizer.decode(enc.input_ids[:-1]) == prompt + answer

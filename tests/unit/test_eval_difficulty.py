@@ -172,3 +172,15 @@ def test_samples_longer_than_the_context_are_cut_not_crashing():
         rows = required_updates(lm.model, lm.tokenizer, [long], cap=2, lr=1e-3)
         scores = answer_logprobs(lm.model, lm.tokenizer, [long])
     assert rows[0]["id"] == "long" and rows[0]["final_prob"] >= 0 and scores[0].n_tokens <= 31
+
+
+def test_chunk_members_averages_only_the_first_members():
+    """The authors' WMDP script scores a chunk by the MRD of its first 3 texts: chunk_members=3 does that."""
+    scores = [{"id": f"s{i}", "mrd": float(i)} for i in range(10)]
+    truth = [{"id": f"chunk:{k}", "ids": [f"s{i}" for i in range(5 * k, 5 * k + 5)], "updates": k + 1}
+             for k in range(2)] + [{"id": "chunk:2", "ids": ["s0", "s9"], "updates": 3}]
+    every, first3 = (difficulty_table(scores, truth, score_cols=["mrd"], chunk_members=n)[0]["mrd"]
+                     for n in (None, 3))
+    assert every == [2.0, 7.0, 4.5] and first3 == [1.0, 6.0, 4.5]
+    with pytest.raises(MrdkitError, match="chunk_members must be >= 1"):
+        correlation_report(scores, truth, chunk_members=0)

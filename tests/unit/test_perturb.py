@@ -111,19 +111,21 @@ def test_bad_arguments():
 
 
 def global_rng_reference(model, draw, sigma):
-    """The reference code, verbatim in spirit: global seed 42 + k, randn_like per named parameter."""
+    """The reference code, verbatim in spirit: global seed 42 + k, randn_like per named parameter that requires
+    grad (the authors' loop skips frozen parameters, so they do not advance the stream)."""
     out = {}
     with torch.random.fork_rng():
         torch.manual_seed(42 + draw)
         for name, p in model.named_parameters():
-            out[name] = p.detach() + torch.randn_like(p) * sigma
+            if p.requires_grad:
+                out[name] = p.detach() + torch.randn_like(p) * sigma
     return out
 
 
 @pytest.mark.parametrize("pattern", [None, r"h\.0\.mlp"])
 def test_reference_scheme_matches_global_rng_without_touching_it(pattern):
     model = tiny_gpt2()
-    model.transformer.wpe.weight.requires_grad_(False)  # not perturbed, but still advances the stream
+    model.transformer.wpe.weight.requires_grad_(False)  # not perturbed, and draws nothing from the stream
     want = global_rng_reference(model, 5, 1e-3)
     snap = snapshot(model)
     state = torch.get_rng_state()

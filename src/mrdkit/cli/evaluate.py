@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from mrdkit.cli.options import ENCODING_HELP
+
 difficulty_app = typer.Typer(help="Unlearning-difficulty ground truth and how well scores predict it.")
 
 
@@ -24,6 +26,7 @@ def eval_command(
     data: Optional[str] = typer.Option(None, help="mcq/ppl data: file, 'tofu:<split>' or hub id; muse-news: folder"),
     split: Optional[str] = typer.Option(None, help="split of --data (TOFU dir / hub dataset)"),
     template: str = typer.Option("auto", help="prompt template: auto | plain | chat | llama2 | raw"),
+    encoding: str = typer.Option("joint", help=ENCODING_HELP),
     batch_size: int = typer.Option(32, help="sequences per forward pass / generate call"),
     max_length: Optional[int] = typer.Option(None, help="truncate scored sequences (default 512; muse-news: context)"),
     max_prompt_tokens: Optional[int] = typer.Option(None, help="muse-news: keep only the last N prompt tokens"),
@@ -47,6 +50,7 @@ def eval_command(
     retain_ = load_model_for(retain_model, [], **load) if retain_model is not None else None
     result = evaluate(model_, benchmark=benchmark, out_dir=out, forget_split=forget_split, data=data, split=split,
                       retain_model=retain_, retain_log=retain_log, template=template, batch_size=batch_size,
+                      encoding=encoding,
                       max_length=max_length, max_new_tokens=max_new_tokens, skip_generation=skip_generation,
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
                       tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,
@@ -74,7 +78,8 @@ def truth_command(
     statistic: str = typer.Option("geometric", help="geometric: exp(mean log p) | arithmetic: mean p"),
     cap: Optional[int] = typer.Option(None, help="most updates (default 150 per sample, 20 epochs per chunk)"),
     chunk_size: Optional[int] = typer.Option(None, help="chunks of N samples, counting epochs (reference code)"),
-    token_set: str = typer.Option("answer", help="tokens unlearned and measured: answer | all"),
+    token_set: str = typer.Option("answer", help="tokens unlearned and measured: answer | all | all_eos"),
+    encoding: str = typer.Option("joint", help=ENCODING_HELP),
     optimizer: str = typer.Option("adamw", help="adamw | sgd"),
     seed: int = typer.Option(0, help="seed (retain / IDK sample choice)"),
     template: str = typer.Option("auto", help="prompt template"),
@@ -98,6 +103,7 @@ def truth_command(
 
     settings = dict(method=method, lr=lr, threshold=threshold, relative=relative, statistic=statistic, cap=cap,
                     chunk_size=chunk_size, token_set=token_set, optimizer=optimizer, seed=seed, template=template,
+                    encoding=encoding,
                     method_kwargs=parse_pairs(method_arg, "--method-arg"))
     config = {**settings, "model": model, "data": data, "split": split, "limit": limit, "retain_data": retain_data}
     run = RunDir(out, config, resume=resume, overwrite=overwrite)
@@ -117,13 +123,13 @@ def truth_command(
 
 
 def _correlate(scores: str, truth: str, score_cols: Optional[str], truth_col: str, out: Optional[str],
-               n_boot: int, seed: int) -> None:
+               n_boot: int, seed: int, chunk_members: Optional[int] = None) -> None:
     from mrdkit.cli.options import print_table
     from mrdkit.evaluation.correlation import correlation_report
 
     cols = [c.strip() for c in score_cols.split(",") if c.strip()] if score_cols else None
     table = correlation_report(scores, truth, score_cols=cols, truth_col=truth_col, n_boot=n_boot, seed=seed,
-                               out_dir=out)
+                               out_dir=out, chunk_members=chunk_members)
     shown = [{"score": r["score"], "spearman": r["spearman"],
               "95% CI": f"[{r['spearman_ci_low']:.2f}, {r['spearman_ci_high']:.2f}]", "p": r["spearman_p"],
               "kendall": r["kendall"], "kendall p": r["kendall_p"], "harrell C": r["harrell_c"], "n": r["n"],
@@ -145,9 +151,12 @@ _NBOOT = typer.Option(1000, help="bootstrap resamples for the CIs")
 def correlate_command(scores: str = typer.Option(..., help="score rows (JSONL)"),
                       truth: str = typer.Option(..., help="ground-truth rows (JSONL)"),
                       score_cols: Optional[str] = _COLS, truth_col: str = _TRUTH_COL, out: Optional[str] = _OUT,
-                      n_boot: int = _NBOOT, seed: int = typer.Option(0, help="bootstrap seed")) -> None:
+                      n_boot: int = _NBOOT, seed: int = typer.Option(0, help="bootstrap seed"),
+                      chunk_members: Optional[int] = typer.Option(
+                          None, help="chunks: average scores over their first N members (authors' WMDP script: 3)"),
+                      ) -> None:
     """Spearman / Kendall (bootstrap CI, p-value) and Harrell's C of each score against the ground truth."""
-    _correlate(scores, truth, score_cols, truth_col, out, n_boot, seed)
+    _correlate(scores, truth, score_cols, truth_col, out, n_boot, seed, chunk_members)
 
 
 @difficulty_app.callback(invoke_without_command=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+ENCODING_HELP = ("how prompt + answer become tokens: joint (one string, as TOFU; every answer token scored) | "
+                 "community (open-unlearning's exact mask, first answer token of 'Answer: ' masked) | separate")
+TOKEN_SET_HELP = "tokens scored: all (the MRD authors': after the first, before EOS) | all_eos | answer"
+
 
 def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = None, question_key=None,
               answer_key=None, text_key=None) -> list:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from mrdkit.cli.options import ENCODING_HELP, TOKEN_SET_HELP
+
 
 def score_command(
     model: str = typer.Option("tiny", help="model: local HF dir, hub id, 'tiny', 'testbed', 'smollm2'"),
@@ -20,7 +22,8 @@ def score_command(
     dtype: str = typer.Option("float32", help="float32 | float64 (bf16/fp16 refused for MRD)"),
     batch_size: int = typer.Option(16, help="samples per forward pass"),
     seed: int = typer.Option(0, help="run seed (noise of draw k is independent of batching)"),
-    token_set: str = typer.Option("all", help="tokens scored: all (reference code) | answer"),
+    token_set: str = typer.Option("all", help=TOKEN_SET_HELP),
+    encoding: str = typer.Option("joint", help=ENCODING_HELP),
     template: str = typer.Option("auto", help="prompt template: auto | plain | chat | llama2 | raw"),
     max_length: int = typer.Option(512, help="truncate samples to this many tokens"),
     scheme: str = typer.Option("mrdkit", help="noise: mrdkit (seeded per draw and parameter) | reference (42 + k)"),
@@ -48,6 +51,7 @@ def score_command(
     from mrdkit.scoring.mrd import score_mrd
 
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
+                    encoding=encoding,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
                     clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard)
     cfg = apply_overrides(cfg, set_).validate()

@@ -12,6 +12,8 @@ from typing import Any, List, Optional
 
 import typer
 
+from mrdkit.cli.options import ENCODING_HELP
+
 LR_HELP = "peak AdamW learning rate (default 1e-5: NPO/TOFU value for 7B models; a tiny model needs ~1e-3)"
 
 
@@ -85,6 +87,7 @@ def unlearn_command(
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps (overrides --epochs)"),
     stop_prob: Optional[float] = typer.Option(None, help="stop once the forget set's mean P(a|q) <= this "
                                                          "(MRD reference code: 0.02)"),
+    encoding: Optional[str] = typer.Option(None, help=ENCODING_HELP + " (default joint)"),
     lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="LoRA adapters (r 8, alpha 32) or full "
                                                                       "fine-tuning (default: full)"),
     hp: List[str] = typer.Option([], "--hp", help="method hyper-parameter key=value (repeatable), e.g. beta=0.1"),
@@ -106,7 +109,7 @@ def unlearn_command(
     from mrdkit.unlearning.loop import unlearn
 
     flags = dict(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
-                 stop_prob=stop_prob, seed=seed, device=device)
+                 stop_prob=stop_prob, seed=seed, device=device, encoding=encoding)
     cfg = _config(config, flags, lora, hp, sampler_arg, set_)
     _check_names(method, sampler, cfg)
     forget_set = _load(forget, forget_limit)

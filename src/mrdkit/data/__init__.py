@@ -5,6 +5,7 @@
 
 from mrdkit.data.chunking import chunk_documents, load_chunks, tokenizer_fingerprint
 from mrdkit.data.encode import (
+    ENCODINGS,
     IGNORE_INDEX,
     TOKEN_SETS,
     EncodedSample,
@@ -12,17 +13,21 @@ from mrdkit.data.encode import (
     encode_samples,
     iter_batches,
     pad_id,
+    prompt_token_ids,
     tokenizer_adds_bos,
 )
 from mrdkit.data.inspect import format_report, inspect_samples, length_stats
 from mrdkit.data.loaders import load_samples
 from mrdkit.data.records import FORMATS, load_idk, read_records
 from mrdkit.data.samples import KINDS, Sample, check_unique_ids, detect_fields, records_to_samples
-from mrdkit.data.templates import TEMPLATES, render
+from mrdkit.data.templates import TEMPLATES, Rendered, render
 from mrdkit.data.tofu import TOFU_SPLITS, load_tofu, tofu_split
 
 __all__ = [
+    "ENCODINGS",
     "EncodedSample",
+    "Rendered",
+    "prompt_token_ids",
     "FORMATS",
     "IGNORE_INDEX",
     "KINDS",

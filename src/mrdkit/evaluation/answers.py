@@ -108,7 +108,7 @@ def _row_score(sample_id: str, values: torch.Tensor, mask: torch.Tensor, correct
 
 def answer_logprobs(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], *,
                     answers: Sequence[str] | None = None, template: str = "plain", token_set: str = "answer",
-                    batch_size: int = 16, max_length: int = 512) -> list[AnswerScore]:
+                    batch_size: int = 16, max_length: int = 512, encoding: str = "joint") -> list[AnswerScore]:
     """Teacher-forced scores of each sample's answer (or of ``answers[i]`` given to ``samples[i]``'s question).
 
     Args:
@@ -116,7 +116,8 @@ def answer_logprobs(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sa
         tokenizer: its tokenizer.
         samples: the questions (and default answers).
         answers: optional replacement answers, one per sample (e.g. paraphrased or perturbed ones).
-        template: prompt template; ``token_set``: ``answer`` (answer + EOS) or ``all``.
+        template: prompt template; ``token_set``: ``answer`` (answer + EOS), ``all`` or ``all_eos``.
+        encoding: ``joint`` | ``community`` | ``separate`` (:func:`mrdkit.data.encode_samples`).
         batch_size: samples per forward pass (changes results only at fp32 rounding level).
         max_length: longest sequence kept.
 
@@ -132,7 +133,7 @@ def answer_logprobs(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sa
     from mrdkit.models import fit_max_length
 
     encoded = encode_samples(samples, tokenizer, template=template, token_set=token_set,
-                             max_length=fit_max_length(model, max_length))
+                             max_length=fit_max_length(model, max_length), encoding=encoding)
     return score_encoded(model, encoded, pad_id(tokenizer), batch_size)
 
 
@@ -157,7 +158,7 @@ def candidates(sample: Sample, correct: str = "paraphrased") -> tuple[str, list[
 
 def truth_ratios(model: torch.nn.Module, tokenizer: Any, perturbed_samples: Sequence[Sample], *,
                  correct: str = "paraphrased", template: str = "plain", batch_size: int = 16,
-                 max_length: int = 512) -> list[TruthRatioScore]:
+                 max_length: int = 512, encoding: str = "joint") -> list[TruthRatioScore]:
     """Per-sample TOFU truth ratios ``TR = exp(-mean_j L_wrong_j) / exp(-L_correct)`` (L = mean token NLL).
 
     All (question, candidate) pairs of all samples are scored as one flat batch list, then regrouped. TR < 1 means
@@ -167,7 +168,7 @@ def truth_ratios(model: torch.nn.Module, tokenizer: Any, perturbed_samples: Sequ
     Args:
         perturbed_samples: samples of a ``*_perturbed`` split (``extra`` has ``perturbed_answer``).
         correct: ``"paraphrased"`` (forget / retain) or ``"answer"`` (real authors, world facts).
-        template, batch_size, max_length: as in :func:`answer_logprobs`.
+        template, batch_size, max_length, encoding: as in :func:`answer_logprobs`.
     """
     flat_samples: list[Sample] = []
     spans: list[tuple[int, int]] = []
@@ -177,7 +178,7 @@ def truth_ratios(model: torch.nn.Module, tokenizer: Any, perturbed_samples: Sequ
         flat_samples += [s.replace(id=f"{s.id}#{k}", answer=a) for k, a in enumerate([right, *wrong])]
         spans.append((start, len(flat_samples)))
     scores = answer_logprobs(model, tokenizer, flat_samples, template=template, batch_size=batch_size,
-                             max_length=max_length)
+                             max_length=max_length, encoding=encoding)
     out = []
     for s, (a, b) in zip(perturbed_samples, spans):
         nlls = [sc.nll for sc in scores[a:b]]

@@ -270,11 +270,14 @@ def _number(v: Any) -> bool:
 
 
 def difficulty_table(scores: Sequence[dict], truth: Sequence[dict], *, truth_col: str = "updates",
-                     score_cols: Sequence[str] | None = None) -> tuple[dict[str, list], list[str]]:
+                     score_cols: Sequence[str] | None = None,
+                     chunk_members: int | None = None) -> tuple[dict[str, list], list[str]]:
     """Join score rows and ground-truth rows on ``id``.
 
     A chunk row (with ``ids``) gets the mean of its members' scores, as the reference code averages MRD over a
-    chunk. ``score_cols=None`` takes every numeric column of the score rows. Returns ``(columns, score_cols)``,
+    chunk; ``chunk_members=N`` averages over its first N members only (the authors' WMDP script scores the first
+    3 texts of each chunk: ``chunk_members=3`` reproduces it). ``score_cols=None`` takes every numeric column of the
+    score rows. Returns ``(columns, score_cols)``,
     columns = ``{"id", truth_col, "event" (False = censored), <score cols>}``; truth rows without scores are
     dropped.
     """
@@ -289,7 +292,7 @@ def difficulty_table(scores: Sequence[dict], truth: Sequence[dict], *, truth_col
     for t in truth:
         if truth_col not in t:
             raise MrdkitError(f"ground-truth row {t.get('id')!r} has no {truth_col!r} column")
-        members = [by_id.get(str(m)) for m in (t.get("ids") or [t["id"]])]
+        members = [by_id.get(str(m)) for m in (t.get("ids") or [t["id"]])][:chunk_members]
         if any(m is None for m in members):
             continue
         cols["id"].append(t["id"])
@@ -305,7 +308,8 @@ def difficulty_table(scores: Sequence[dict], truth: Sequence[dict], *, truth_col
 
 def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | Sequence[dict], *,
                        score_cols: Sequence[str] | None = None, truth_col: str = "updates", n_boot: int = 1000,
-                       seed: int = 0, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                       seed: int = 0, out_dir: str | Path | None = None,
+                       chunk_members: int | None = None) -> list[dict[str, Any]]:
     """Spearman / Kendall (bootstrap CIs, p-values) and censoring-aware Harrell's C of each score vs the truth.
 
     Sign convention: MRD predicts EASY samples by HIGH values (Feng et al. 2025), so a working score has a
@@ -318,11 +322,15 @@ def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | 
         truth_col: ground-truth column (``updates``; or ``l1_change`` / ``l2_change``).
         n_boot, seed: bootstrap resamples and seed.
         out_dir: write ``correlations.json``, ``correlations.csv`` and ``scatter_<score>.png`` there.
+        chunk_members: chunk scores average only their first N members (:func:`difficulty_table`).
 
     Returns:
         :func:`mrdkit.evaluation.correlation.correlation_table` rows.
     """
-    cols, score_cols = difficulty_table(_rows(scores), _rows(truth), truth_col=truth_col, score_cols=score_cols)
+    if chunk_members is not None and chunk_members < 1:
+        raise MrdkitError(f"chunk_members must be >= 1, got {chunk_members}")
+    cols, score_cols = difficulty_table(_rows(scores), _rows(truth), truth_col=truth_col, score_cols=score_cols,
+                                        chunk_members=chunk_members)
     table = correlation_table(cols, truth_col, score_cols, event_col="event", n_boot=n_boot, seed=seed)
     if out_dir is not None:
         _write_report(Path(out_dir), cols, table, truth_col)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mrdkit.data import Sample, collate, encode_samples, pad_id
+from mrdkit.data.encode import check_options
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import TokenLogProbs, token_logprobs
 from mrdkit.runs import atomic_write_jsonl, config_matches, read_jsonl, refuse_if_differs
@@ -62,6 +63,7 @@ class DifficultyConfig:
     seed: int = 0
     template: str = "auto"
     max_length: int = 512
+    encoding: str = "joint"
     method_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class DifficultyConfig:
         if any(v is not None and v < 1 for v in (self.cap, self.chunk_size, self.batch_size)):
             raise MrdkitError(f"cap, chunk_size and batch_size must be >= 1, got {self.cap}, {self.chunk_size}, "
                               f"{self.batch_size}")
+        check_options(self.token_set, self.encoding)
         if self.cap is None:
             self.cap = 150 if self.chunk_size is None else 20
 
@@ -208,6 +211,7 @@ class UnitRunner:
 
         # cut to the model's context: a longer sequence would index past GPT-2's position table
         return encode_samples(samples, self.tok, template=self.cfg.template, token_set=self.cfg.token_set,
+                              encoding=self.cfg.encoding,
                               max_length=fit_max_length(self.model, self.cfg.max_length))
 
     def batch(self, samples: Sequence[Sample]) -> dict:

@@ -6,8 +6,8 @@ EOS, decode only the new tokens with special tokens skipped, then strip whitespa
 
 Why left padding: a decoder-only model appends each new token after the LAST position of the row, so every row
 of a batch must end at the same column; pads go on the left and are masked out (``attention_mask`` 0). Prompts
-are tokenized with the same rules as scoring (:mod:`mrdkit.data.encode`: template rendered, no special tokens,
-a BOS only where the tokenizer itself adds one), so the model sees the prompt exactly as it was trained on it.
+are tokenized with the same rules as scoring (:func:`mrdkit.data.encode.prompt_token_ids`), so the model sees the
+prompt exactly as it was trained on it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mrdkit.data.encode import pad_id, tokenizer_adds_bos
+from mrdkit.data.encode import pad_id, prompt_token_ids
 from mrdkit.data.samples import Sample
-from mrdkit.data.templates import Template, render
+from mrdkit.data.templates import Template
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import model_device
 from mrdkit.models import context_length
@@ -27,27 +27,11 @@ from mrdkit.models import context_length
 DEFAULT_MAX_NEW_TOKENS = 200
 
 
-def prompt_ids(samples: Sequence[Sample], tokenizer: Any, template: str | Template = "auto") -> list[list[int]]:
-    """Token ids of each sample's rendered prompt, the prefix the answer follows in scoring.
-
-    A start token is added where :func:`mrdkit.data.encode_samples` adds one: BOS for tokenizers that add it
-    themselves (Llama), or BOS/EOS before an empty prompt so generation has a context.
-    """
-    texts = [render(s, tokenizer, template)[0] for s in samples]
-    ids = [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
-    adds_bos = tokenizer_adds_bos(tokenizer)
-    out = []
-    for row in ids:
-        if adds_bos and row[:1] != [bos]:
-            row = [bos] + row
-        elif not row:
-            start = bos if bos is not None else eos
-            row = [start] if start is not None else []
-        if not row:
-            raise MrdkitError("cannot generate from an empty prompt with a tokenizer that has no bos/eos token")
-        out.append(row)
-    return out
+def prompt_ids(samples: Sequence[Sample], tokenizer: Any, template: str | Template = "auto",
+               encoding: str = "joint") -> list[list[int]]:
+    """Token ids of each sample's prompt, the prefix the answer follows in scoring
+    (:func:`mrdkit.data.encode.prompt_token_ids`: the same encoding rules as scoring and training)."""
+    return prompt_token_ids(samples, tokenizer, template, encoding)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +76,7 @@ def generate_batch(model: Any, tokenizer: Any, rows: list[list[int]], max_new_to
 
 def generate_greedy(
     model: Any, tokenizer: Any, samples: Sequence[Sample], *, template: str | Template = "auto",
+    encoding: str = "joint",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, str]:
@@ -105,6 +90,7 @@ def generate_greedy(
         tokenizer: its tokenizer (needs a pad or eos token).
         samples: prompts to answer (``sample.prompt`` rendered with ``template``).
         template: prompt template name or callable, as for scoring.
+        encoding: ``joint`` | ``community`` | ``separate`` (:func:`mrdkit.data.encode.prompt_token_ids`).
         max_new_tokens: most tokens generated per prompt (TOFU: 200).
         batch_size: prompts per ``generate`` call.
         progress: optional ``progress(done, total)`` callback.
@@ -114,7 +100,7 @@ def generate_greedy(
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise MrdkitError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-    ids = prompt_ids(samples, tokenizer, template)
+    ids = prompt_ids(samples, tokenizer, template, encoding)
     order = sorted(range(len(samples)), key=lambda i: -len(ids[i]))
     out: dict[str, str] = {}
     was_training = model.training

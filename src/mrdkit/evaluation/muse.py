@@ -130,7 +130,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], max
 def _prompts(model: Any, tokenizer: Any, samples: Sequence[Sample], new_tokens: int,
              max_prompt_tokens: Optional[int]) -> tuple[list[list[int]], list[int]]:
     """Prompt rows clipped to ``max_prompt_tokens`` and to the position limit minus ``new_tokens``; full lengths."""
-    rows = prompt_ids(samples, tokenizer, template="raw")
+    rows = prompt_ids(samples, tokenizer, template="raw", encoding="community")  # MUSE tokenizes the prompt alone
     limit = context_length(model)
     caps = [c for c in (max_prompt_tokens, None if limit is None else limit - new_tokens) if c is not None]
     keep = min(caps) if caps else None

@@ -35,7 +35,7 @@ BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
 
 # options that change the numbers; a run directory made with other values is refused without overwrite
 IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
-            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens")
+            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding")
 
 
 class RowStore:
@@ -241,7 +241,7 @@ def evaluate(
     max_new_tokens: int = 200, skip_generation: bool = False, limit: int | None = None, overwrite: bool = False,
     mcq_format: str = "letters", mcq_norm: str = "sum", tofu_source: str | None = None, dtype: str = "float32",
     device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, encoding: str = "joint",
 ) -> EvalResult:
     """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
 
@@ -263,6 +263,9 @@ def evaluate(
         tofu_source: TOFU folder or hub id. dtype / device / trust_remote_code: for models (and the retain
             model) given as specs; a model's own Python code runs only when ``trust_remote_code`` is set.
         progress: show progress bars (None: on unless ``MRDKIT_PROGRESS=0``).
+        encoding: ``joint`` (default: every answer token scored), ``community`` (open-unlearning's exact mask,
+            for numbers that must line up with its published logs) or ``separate``
+            (:func:`mrdkit.data.encode_samples`; TOFU only).
 
     Returns:
         :class:`EvalResult`.
@@ -277,11 +280,11 @@ def evaluate(
                 data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
                 mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
-                max_prompt_tokens=max_prompt_tokens)
+                max_prompt_tokens=max_prompt_tokens, encoding=encoding if benchmark == "tofu" else None)
     out = None if out_dir is None else Path(out_dir)
     store = open_store(out, opts, overwrite)
     cfg = TofuConfig(forget_split=forget_split, source=tofu_source, template=template, batch_size=batch_size,
-                     max_length=max_length, max_new_tokens=max_new_tokens, limit=limit)
+                     max_length=max_length, max_new_tokens=max_new_tokens, limit=limit, encoding=encoding)
     if benchmark == "tofu":
         cfg.split_names()  # fail on a bad split before any model pass
         ref = _reference(retain_model, retain_log, cfg, dtype, device, trust_remote_code)

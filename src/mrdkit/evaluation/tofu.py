@@ -60,6 +60,8 @@ class TofuConfig:
         max_length: longest scored sequence; max_new_tokens: greedy generation budget (TOFU: 200).
         limit: evaluate only the first ``limit`` samples of each split (quick checks).
         min_k: Min-K% fraction for the MIA score (open-unlearning ``mia_min_k``: 0.4).
+        encoding: ``joint`` (every answer token scored), ``community`` (open-unlearning's mask: numbers that line up
+            with its published logs) or ``separate`` (:func:`mrdkit.data.encode_samples`).
     """
 
     forget_split: str = "forget10"
@@ -70,6 +72,7 @@ class TofuConfig:
     max_new_tokens: int = 200
     limit: int | None = None
     min_k: float = 0.4
+    encoding: str = "joint"
 
     def split_names(self) -> dict[str, str]:
         """``{label: TOFU split}`` for this forget split."""
@@ -125,6 +128,7 @@ def _extraction(token_correct: list[bool]) -> dict[str, float]:
 def _answer_columns(model: Any, tokenizer: Any, label: str, samples: list[Sample], cfg: TofuConfig) -> dict:
     """``prob``/``avg_loss`` of the given answers (+ membership and extraction columns where they apply)."""
     scores = answer_logprobs(model, tokenizer, samples, template=cfg.template, batch_size=cfg.batch_size,
+                             encoding=cfg.encoding,
                              max_length=cfg.max_length)
     rows = {}
     for s, sc in zip(samples, scores):
@@ -142,7 +146,7 @@ def _candidate_columns(model: Any, tokenizer: Any, label: str, samples: list[Sam
     from mrdkit.evaluation.metrics import normalised_probability
 
     correct = SPLITS[label][1]
-    trs = truth_ratios(model, tokenizer, samples, correct=correct, template=cfg.template,
+    trs = truth_ratios(model, tokenizer, samples, correct=correct, template=cfg.template, encoding=cfg.encoding,
                        batch_size=cfg.batch_size, max_length=cfg.max_length)
     rows = {}
     for tr in trs:
@@ -183,7 +187,7 @@ def run_task(model: Any, tokenizer: Any, task: str, label: str, samples: list[Sa
     if task == "generation":
         if not task_columns(label, task):
             return {}
-        return generate_and_score(model, tokenizer, samples, template=cfg.template,
+        return generate_and_score(model, tokenizer, samples, template=cfg.template, encoding=cfg.encoding,
                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
     raise MrdkitError(f"unknown TOFU task {task!r} (known: {', '.join(TASKS)})")
 

@@ -8,19 +8,21 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+from mrdkit.data.encode import ENCODINGS, TOKEN_SETS
 from mrdkit.errors import MrdkitError
 
 PERTURB_MODES = ("copy", "lowmem")
 SHARDS = ("draws", "samples")
-TOKEN_SETS = ("all", "answer")
 
 
 @dataclass
 class MRDConfig:
     """Settings of an MRD scoring run. Defaults follow paper-notes section 1.
 
-    sigma 1e-5 and token_set "all" match the reference code; draws 100 is the paper's K (its code uses 5-10);
-    ``antithetic`` is the low-variance estimator (paper-notes section 2), ``paper`` the reference estimator.
+    sigma 1e-5 and token_set "all" (every token after the first, up to the first EOS) match the reference code, and
+    the ``joint`` encoding gives its token sequence (the templated prompt and answer tokenized as one string, as
+    TOFU's data module does); draws 100 is the paper's K (its code uses 5-10); ``antithetic`` is the low-variance
+    estimator (paper-notes section 2), ``paper`` the reference estimator.
     """
 
     estimator: str = "antithetic"
@@ -30,6 +32,7 @@ class MRDConfig:
     scheme: str = "mrdkit"
     token_set: str = "all"
     template: str = "auto"
+    encoding: str = "joint"
     max_length: int = 512
     batch_size: int = 16
     param_pattern: Optional[str] = None
@@ -56,7 +59,9 @@ class MRDConfig:
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise MrdkitError("batch_size and checkpoint_every must be >= 1")
         if self.token_set not in TOKEN_SETS:
-            raise MrdkitError(f"token_set must be 'all' or 'answer', got {self.token_set!r}")
+            raise MrdkitError(f"token_set must be one of {', '.join(TOKEN_SETS)}, got {self.token_set!r}")
+        if self.encoding not in ENCODINGS:
+            raise MrdkitError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         if self.perturb_mode not in PERTURB_MODES or self.shard not in SHARDS:
             raise MrdkitError(f"perturb_mode must be copy|lowmem and shard draws|samples, got {self.perturb_mode!r}, "
                               f"{self.shard!r}")

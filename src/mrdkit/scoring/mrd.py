@@ -36,8 +36,18 @@ from mrdkit.scoring.engine import EngineResult, floor_check, score_batches
 CHECKPOINT = "state/accumulator.safetensors"
 
 
+# What the signed mean of each estimator's per-draw values is (the column is named for it): the paper estimator's
+# draws are relative changes r_k, so their mean is a mean relative change; the antithetic estimator's are the
+# curvature parts c_k.
+MEAN_COLUMNS = {"paper": "mean_relative_change", "antithetic": "curvature"}
 # columns of mrd.jsonl written from the result's own tensors; every other column is a proxy
-_CORE_COLUMNS = ("id", "mrd", "stderr", "resolved", "curvature", "base_logprob", "n_tokens", "first_order_spread")
+_CORE_COLUMNS = ("id", "mrd", "stderr", "resolved", *MEAN_COLUMNS.values(), "base_logprob", "n_tokens",
+                 "first_order_spread", "estimator", "sigma", "draws", "dtype")
+
+
+def mean_column(estimator: str) -> str:
+    """The ``mrd.jsonl`` column holding the signed mean of ``estimator``'s draws."""
+    return MEAN_COLUMNS.get(estimator, "signed_mean")
 
 
 @dataclass
@@ -64,11 +74,15 @@ class MRDResult:
         return {sid: float(v) for sid, v in zip(self.ids, self.mrd)}
 
     def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready row per sample (the ``mrd.jsonl`` schema)."""
+        """One JSON-ready row per sample (the ``mrd.jsonl`` schema): ``mrd`` = |signed mean| (clipped), its
+        ``stderr`` and ``resolved`` flag, the signed mean under its own name (:data:`MEAN_COLUMNS`:
+        ``mean_relative_change`` for the paper estimator, ``curvature`` for the antithetic one), the base log-prob,
+        the token count, the first-order spread (antithetic) and the proxies."""
+        mean_key = mean_column(self.config.get("estimator", ""))
         out = []
         for i, sid in enumerate(self.ids):
             row = {"id": sid, "mrd": float(self.mrd[i]), "stderr": float(self.stderr[i]),
-                   "resolved": not bool(self.unresolved[i]), "curvature": float(self.mean[i]),
+                   "resolved": not bool(self.unresolved[i]), mean_key: float(self.mean[i]),
                    "base_logprob": float(self.base_logprob[i]), "n_tokens": int(self.n_tokens[i])}
             if self.first_order_spread is not None:
                 row["first_order_spread"] = float(self.first_order_spread[i])
@@ -139,7 +153,8 @@ def load_mrd_result(out_dir: str | Path) -> MRDResult:
 
     spread = column("first_order_spread") if rows and "first_order_spread" in rows[0] else None
     proxies = {r["id"]: {k: v for k, v in r.items() if k not in _CORE_COLUMNS} for r in rows}
-    return MRDResult(ids=ids, mrd=column("mrd"), mean=column("curvature"), stderr=column("stderr"),
+    mean_key = next((k for k in (*MEAN_COLUMNS.values(), "signed_mean") if rows and k in rows[0]), "curvature")
+    return MRDResult(ids=ids, mrd=column("mrd"), mean=column(mean_key), stderr=column("stderr"),
                      unresolved=~column("resolved", torch.bool), base_logprob=column("base_logprob"),
                      n_tokens=column("n_tokens", torch.long), draws=draws, first_order_spread=spread,
                      proxies={k: v for k, v in proxies.items() if v}, config=summary.get("config", {}),
@@ -158,7 +173,7 @@ def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig, model: 
 
     max_length = cfg.max_length if model is None else fit_max_length(model, cfg.max_length)
     encoded = encode_samples(samples, tokenizer, template=cfg.template, token_set=cfg.token_set,
-                             max_length=max_length)
+                             max_length=max_length, encoding=cfg.encoding)
     return list(iter_batches(encoded, cfg.batch_size, pad_token_id=pad_id(tokenizer)))
 
 

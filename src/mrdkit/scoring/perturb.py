@@ -16,7 +16,8 @@ Noise schemes:
 * ``"mrdkit"``: draw k of parameter ``name`` comes from ``make_generator(seed, "mrd-noise", k, name)``, so the
   noise does not depend on parameter order, on which subset is perturbed, or on how draws are split over runs.
 * ``"reference"``: the authors' code, ``torch.manual_seed(42 + k)`` then ``randn_like(p) * sigma`` for every
-  parameter in ``model.named_parameters()`` order; reproduced with a private generator (never the global RNG).
+  parameter with ``requires_grad`` in ``model.named_parameters()`` order (frozen parameters draw nothing, LoRA
+  adapters are the only ones drawn under LoRA); reproduced with a private generator (never the global RNG).
 """
 
 from __future__ import annotations
@@ -153,11 +154,14 @@ class Perturber(PerturbedParams):
             yield i, self._noise_buffer(p).normal_(generator=gen)
 
     def _noises_reference(self, draw: int) -> Iterator[tuple[int, torch.Tensor]]:
-        # One generator per device, advanced through EVERY parameter in named_parameters order exactly as the
-        # global RNG is in the reference code, so a perturbed subset still sees the reference's values.
+        # One generator per device, advanced exactly as the global RNG is in the reference code: through every
+        # parameter WITH requires_grad, in named_parameters order (frozen ones draw nothing there), so a perturbed
+        # subset of the trainable parameters still sees the reference's values.
         index = {id(p): i for i, (_, p) in enumerate(self.params)}
         gens: dict[torch.device, torch.Generator] = {}
         for _, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
             if p.device not in gens:
                 gens[p.device] = torch.Generator(device=p.device).manual_seed(REFERENCE_SEED_OFFSET + int(draw))
             if id(p) in index:

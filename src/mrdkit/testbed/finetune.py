@@ -33,6 +33,7 @@ import torch
 
 from mrdkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mrdkit.data import Sample, collate, encode_samples, pad_id
+from mrdkit.data.encode import check_options
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
 from mrdkit.runs import digest, read_json, refuse_if_differs
@@ -55,6 +56,7 @@ class FinetuneConfig:
         max_length: longest tokenized sequence kept.
         template: prompt template (:mod:`mrdkit.data.templates`).
         token_set: ``"answer"`` (TOFU: loss on answer tokens + EOS) or ``"all"``.
+        encoding: how prompt and answer become tokens (:func:`mrdkit.data.encode_samples`; ``joint`` as TOFU).
         target_accuracy: stop after the first epoch whose mean per-sample teacher-forced token accuracy reaches
             this (on ``monitor`` if given, else the running accuracy of the epoch's own training batches).
         eval_every: evaluate ``monitor`` every this many epochs (and after the last).
@@ -72,6 +74,7 @@ class FinetuneConfig:
     max_length: int = 512
     template: str = "plain"
     token_set: str = "answer"
+    encoding: str = "joint"
     target_accuracy: float | None = None
     eval_every: int = 1
     max_grad_norm: float | None = 1.0
@@ -82,6 +85,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Raise :class:`MrdkitError` naming the first invalid field."""
+        check_options(self.token_set, self.encoding)
         if self.schedule not in SCHEDULES:
             raise MrdkitError(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
         for name in ("epochs", "batch_size", "eval_every"):
@@ -118,7 +122,7 @@ def _monitor_accuracy(model, tokenizer, monitor: Sequence[Sample], cfg: Finetune
     from mrdkit.evaluation.answers import answer_logprobs
 
     scores = answer_logprobs(model, tokenizer, monitor, template=cfg.template, token_set=cfg.token_set,
-                             batch_size=max(cfg.batch_size, 16), max_length=cfg.max_length)
+                             batch_size=max(cfg.batch_size, 16), max_length=cfg.max_length, encoding=cfg.encoding)
     return {"monitor_accuracy": sum(s.accuracy for s in scores) / len(scores),
             "monitor_nll": -sum(s.mean_logprob for s in scores) / len(scores)}
 
@@ -240,7 +244,7 @@ def finetune(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample], 
     if not samples:
         raise MrdkitError("finetune needs at least one training sample")
     encoded = encode_samples(samples, tokenizer, template=cfg.template, token_set=cfg.token_set,
-                             max_length=cfg.max_length)
+                             max_length=cfg.max_length, encoding=cfg.encoding)
     pad = pad_id(tokenizer)
     batches = [collate([encoded[i] for i in idx], pad)
                for idx in length_buckets([len(e.input_ids) for e in encoded], cfg.batch_size)]

@@ -157,7 +157,7 @@ def save_model(lm: Any, path: Path, dtype: str) -> None:
 
 
 def measure(target: Any, retain: Any, splits: dict[str, list[Sample]], template: str,
-            max_length: int = 512) -> dict[str, Any]:
+            max_length: int = 512, encoding: str = "joint") -> dict[str, Any]:
     """Teacher-forced accuracy (forget, retain, holdout) of both models, forget truth ratios and forget quality."""
     from mrdkit.evaluation.answers import answer_logprobs, truth_ratios
     from mrdkit.evaluation.metrics import forget_quality
@@ -167,12 +167,12 @@ def measure(target: Any, retain: Any, splits: dict[str, list[Sample]], template:
         row, per = {}, {}
         for split in ("forget", "retain", "holdout"):
             scores = answer_logprobs(lm.model, lm.tokenizer, splits[split], template=template,
-                                     max_length=max_length)
+                                     max_length=max_length, encoding=encoding)
             row[f"{split}_accuracy"] = sum(s.accuracy for s in scores) / len(scores)
             row[f"{split}_probability"] = sum(s.probability for s in scores) / len(scores)
             if split == "forget":
                 per["forget_accuracy"] = {s.id: s.accuracy for s in scores}
-        trs = truth_ratios(lm.model, lm.tokenizer, splits["forget_perturbed"], template=template,
+        trs = truth_ratios(lm.model, lm.tokenizer, splits["forget_perturbed"], template=template, encoding=encoding,
                            max_length=max_length)
         per["forget_truth_ratio"] = {t.id: t.truth_ratio for t in trs}
         out[which], out["per_sample"][which] = row, per
@@ -284,10 +284,11 @@ def build_into(tmp: Path, recipe: TestbedRecipe, splits: dict[str, list[Sample]]
             del lm  # one model in memory at a time (matters for smollm2)
         loaded = {w: load_model(tmp / w, dtype="float32", device="cpu") for w in WHICH}
         metrics = measure(loaded["target"], loaded["retain"], splits, recipe.finetune.template,
-                          recipe.finetune.max_length)
+                          recipe.finetune.max_length, recipe.finetune.encoding)
         threads = torch.get_num_threads()
     return {"tier": recipe.tier, "seed": seed, "recipe": dataclasses.asdict(recipe), "models": models,
             "template": recipe.finetune.template, "token_set": recipe.finetune.token_set,
+            "encoding": recipe.finetune.encoding,
             "splits": {k: len(v) for k, v in splits.items()}, "gates": check_gates(metrics, recipe),
             "metrics": metrics, "files": weight_hashes(tmp), "threads": threads}
 

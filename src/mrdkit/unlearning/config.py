@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from mrdkit.data.encode import check_options
 from mrdkit.errors import MrdkitError
 from mrdkit.train import SCHEDULES
 
@@ -63,7 +64,8 @@ class UnlearnConfig:
         max_grad_norm: clip the global gradient norm to this; None = no clipping (the norm is still logged).
         max_steps: stop after this many optimizer steps (overrides ``epochs``, as in the HF Trainer).
         seed: derives every random stream (sampler, retain pairing, IDK answers, dropout).
-        template, token_set, max_length: encoding (:func:`mrdkit.data.encode_samples`).
+        template, token_set, max_length, encoding: how samples become tokens (:func:`mrdkit.data.encode_samples`;
+            ``joint``: prompt and answer tokenized as one string, as TOFU / open-unlearning train).
         stop_prob: stop once the forget set's mean answer probability is <= this (None = off).
         stop_check_every: measure the forget / retain probability every N steps; None = at each epoch's end.
         eval_every: call the evaluation callbacks every N steps (and at the end); None = only at the end.
@@ -94,6 +96,7 @@ class UnlearnConfig:
     seed: int = 0
     template: str = "auto"
     token_set: str = "answer"
+    encoding: str = "joint"
     max_length: int = 512
     stop_prob: Optional[float] = None
     stop_check_every: Optional[int] = None
@@ -131,6 +134,7 @@ class UnlearnConfig:
             _require(value is None or value >= (0 if name == "warmup_steps" else 1),
                      f"{name} must be a positive number of steps or None, got {value}")
         _require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_options(self.token_set, self.encoding)
         _require(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or None")

@@ -29,7 +29,7 @@ Batch = dict[str, Any]
 def encode(samples: Sequence[Sample], tokenizer: Any, cfg: UnlearnConfig) -> list[EncodedSample]:
     """Token ids and labels with the run's template, token set and max length."""
     return encode_samples(samples, tokenizer, template=cfg.template, token_set=cfg.token_set,
-                          max_length=cfg.max_length)
+                          max_length=cfg.max_length, encoding=cfg.encoding)
 
 
 @dataclass
