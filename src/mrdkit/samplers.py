@@ -32,6 +32,19 @@ from mrdkit.seeding import make_generator
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 
 
+DIRECTIONS = ("easier", "harder")
+
+
+def orient(values: dict[str, float], direction: str) -> dict[str, float]:
+    """Scores turned so that HIGHER = EASIER, the convention of every sampler here: ``direction`` says what a HIGH
+    value of the given score predicts (``easier``: as MRD; ``harder``: e.g. a predicted number of updates)."""
+    from mrdkit.errors import MrdkitError
+
+    if direction not in DIRECTIONS:
+        raise MrdkitError(f"unknown score direction {direction!r} (known: {', '.join(DIRECTIONS)})")
+    return dict(values) if direction == "easier" else {k: -v for k, v in values.items()}
+
+
 def validate_scores(scores: Sequence[float] | torch.Tensor, *, nonnegative: bool = False) -> torch.Tensor:
     """Scores as a 1-D float64 tensor; NaN/Inf (or negatives when ``nonnegative``) raise naming the index."""
     t = torch.as_tensor(scores, dtype=torch.float64).detach().cpu()

@@ -80,3 +80,48 @@ def test_bad_input_is_one_line_with_exit_code_2(args, fragment, tmp_path, capsys
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], err
     assert not (tmp_path / "x").exists()  # rejected before any model, data or run directory
+
+
+def _score_files(tmp_path, direction="harder"):
+    """A ``mrd difficulty score``-style output: scores.jsonl (newton_steps = i, so s0 is predicted easiest under
+    direction "harder") and the scores.json that declares the direction."""
+    from mrdkit.data import load_samples
+
+    forget = load_samples("tofu:forget01")[:6]
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps({"id": s.id, "newton_steps": float(i), "loss": 1.0}) + "\n"
+                            for i, s in enumerate(forget)))
+    (tmp_path / "scores.json").write_text(json.dumps({"scores": {"newton_steps": {"direction": direction}}}))
+    return path, [s.id for s in forget]
+
+
+def test_a_sampler_follows_any_score_of_a_score_file(tofu_dir, tmp_path):
+    """curriculum = easiest first: with newton_steps declared "harder", the lowest predicted steps come first."""
+    path, ids = _score_files(tmp_path)
+    args = ["unlearn", "--model", SMALL, "--forget", "tofu:forget01", "--forget-limit", "6", "--method", "ga",
+            "--sampler", "curriculum", "--sampler-arg", "start_frac=1", "--scores", str(path), "--score-key",
+            "newton_steps", "--batch-size", "6", "--max-steps", "1", "--lr", "1e-3", "--out", str(tmp_path / "run")]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
+    assert rows[1]["forget_ids"] == ids  # 0, 1, ..., 5 predicted steps: easiest first
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["unlearn"]["score_key"] == "newton_steps" and config["scores"]["source"] == "file"
+    flipped = run_cli(*args[:-1], str(tmp_path / "run2"), "--score-direction", "easier")
+    assert flipped.returncode == 0, flipped.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run2/train_log.jsonl").read_text().splitlines()]
+    assert rows[1]["forget_ids"] == ids[::-1]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--score-key", "lookahead_3"], "no 'lookahead_3' column"),
+    (["--score-key", "loss", "--forget-limit", "7"], "have no score in"),
+    (["--score-key", "loss", "--score-direction", "up"], "score_direction must be easier or harder"),
+])
+def test_score_file_errors_are_one_line(tofu_dir, tmp_path, extra, fragment):
+    from helpers import assert_user_error
+
+    path, _ = _score_files(tmp_path)
+    args = ["unlearn", "--model", SMALL, "--forget", "tofu:forget01", "--forget-limit", "6", "--method", "ga",
+            "--sampler", "cga", "--scores", str(path), "--max-steps", "1", "--out", str(tmp_path / "run"), *extra]
+    assert_user_error(run_cli(*args), fragment)

@@ -156,3 +156,12 @@ def test_partial_spearman_matches_the_one_control_formula_and_removes_a_confound
     w = x + 0.5 * rng.normal(size=200)  # a real link beyond z survives
     assert partial_spearman(x, w, [z])[0] > 0.3 and partial_spearman(x, w, [z])[1] < 1e-6
     assert np.isnan(partial_spearman([1, 2, 3], [3, 2, 1], [[1, 2, 3]])[0])  # too few points
+
+
+def test_harrell_c_equals_the_pair_counts_on_random_censored_data():
+    """lifelines' routine (harrell_c) and mrdkit's own pair counting agree, ties and censoring included."""
+    rng = np.random.default_rng(3)
+    scores, times = rng.integers(0, 5, 60).astype(float), rng.integers(1, 12, 60).astype(float)
+    events = rng.random(60) > 0.3
+    c = concordance_counts(scores, times, events)
+    assert harrell_c(scores, times, events) == pytest.approx((c["concordant"] + 0.5 * c["tied"]) / c["comparable"])

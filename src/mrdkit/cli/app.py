@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli import bench, evaluate, score, unlearn
+from mrdkit.cli import bench, difficulty, evaluate, score, unlearn
 
 app = typer.Typer(
     name="mrd",
@@ -36,18 +36,20 @@ def all_registries() -> dict[str, list[tuple[str, str]]]:
     from mrdkit.bench.run import EXPERIMENTS  # importing bench.run registers every experiment
     from mrdkit.data.templates import TEMPLATES
     from mrdkit.evaluation.metrics import METRICS
+    from mrdkit.evaluation.scores import SCORES
     from mrdkit.samplers import SAMPLERS
     from mrdkit.scoring.estimators import ESTIMATORS
     from mrdkit.unlearning.methods import METHODS
 
     registries = {"templates": TEMPLATES, "estimators": ESTIMATORS, "methods": METHODS, "samplers": SAMPLERS,
-                  "metrics": METRICS, "experiments": EXPERIMENTS}
+                  "metrics": METRICS, "difficulty scores": SCORES, "experiments": EXPERIMENTS}
     return {kind: [(e.name, str(e.meta.get("summary", ""))) for e in reg.entries()] for kind, reg in registries.items()}
 
 
 @app.command("ls")
 def list_registries() -> None:
-    """List everything a config string can name: templates, estimators, methods, samplers, metrics, experiments."""
+    """List everything a config string can name: templates, estimators, methods, samplers, metrics, difficulty
+    scores, experiments."""
     from rich.markup import escape
 
     console = _console()
@@ -108,7 +110,7 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _register_commands() -> None:
     """Attach the command modules (each imports its heavy dependencies inside its commands)."""
-    for module in (score, unlearn, evaluate, bench):
+    for module in (score, unlearn, evaluate, difficulty, bench):
         module.register(app)
 
 

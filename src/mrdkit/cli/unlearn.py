@@ -77,8 +77,14 @@ def unlearn_command(
     method: str = typer.Option("ga", help="ga | graddiff | kl | npo | simnpo | idk | idkdpo | rmu"),
     sampler: str = typer.Option("random", help="random | sequential | cga | mrd_weighted | curriculum | "
                                                "anti_curriculum | refresh"),
-    mrd: Optional[Path] = typer.Option(None, help="mrd.jsonl from `mrd score` (scores for cga & co.; without "
-                                                  "it a score-based sampler scores MRD on the fly)"),
+    scores: Optional[Path] = typer.Option(None, "--scores", "--mrd",
+                                          help="score file for cga & co.: mrd.jsonl of `mrd score` or scores.jsonl "
+                                               "of `mrd difficulty score` (without it a score-based sampler scores "
+                                               "MRD on the fly)"),
+    score_key: Optional[str] = typer.Option(None, help="column of --scores to sample by (default mrd), e.g. "
+                                                       "lookahead_3"),
+    score_direction: Optional[str] = typer.Option(None, help="what a HIGH value of --score-key predicts: easier | "
+                                                             "harder (default: as scores.json declares, else easier)"),
     out: Path = typer.Option(..., help="run directory"),
     lr: Optional[float] = typer.Option(None, help=LR_HELP),
     epochs: Optional[int] = typer.Option(None, help="passes over the forget sampler (default 5)"),
@@ -109,7 +115,8 @@ def unlearn_command(
     from mrdkit.unlearning.loop import unlearn
 
     flags = dict(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
-                 stop_prob=stop_prob, seed=seed, device=device, encoding=encoding)
+                 stop_prob=stop_prob, seed=seed, device=device, encoding=encoding, score_key=score_key,
+                 score_direction=score_direction)
     cfg = _config(config, flags, lora, hp, sampler_arg, set_)
     _check_names(method, sampler, cfg)
     forget_set = _load(forget, forget_limit)
@@ -124,7 +131,7 @@ def unlearn_command(
     main = os.environ.get("RANK", "0") == "0"
     with progress_bar(f"unlearn {method} / {sampler}", 1, show=None if main else False) as bar:
         result = unlearn(loaded.model, loaded.tokenizer, forget_set, retain_set, method=method, sampler=sampler,
-                         scores=mrd, config=cfg, out_dir=out, resume=resume, overwrite=overwrite, progress=bar,
+                         scores=scores, config=cfg, out_dir=out, resume=resume, overwrite=overwrite, progress=bar,
                          run_meta=meta)
     if main:
         print_table(f"mrd unlearn -> {out}", _summary_rows(result.summary))

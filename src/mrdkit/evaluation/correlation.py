@@ -171,12 +171,20 @@ def harrell_c(scores: Sequence[float], times: Sequence[float], events: Sequence[
             ``times``. None means every event was observed.
 
     Returns:
-        C in [0, 1], or NaN when no pair is comparable.
+        C in [0, 1], or NaN when no pair is comparable. Computed by lifelines' ``concordance_index`` (with the
+        scores negated, its convention being "higher = longer"); :func:`concordance_counts` gives the pair counts.
     """
-    c = concordance_counts(scores, times, events)
-    if c["comparable"] == 0:
+    from lifelines.utils import concordance_index
+
+    s, t = _column(scores), _column(times)
+    e = np.ones(s.size, bool) if events is None else np.asarray(events, dtype=bool).ravel()
+    if not s.size == t.size == e.size:
+        raise MrdkitError(f"scores ({s.size}), times ({t.size}) and events ({e.size}) differ in length")
+    keep = ~(np.isnan(s) | np.isnan(t))
+    try:
+        return float(concordance_index(t[keep], -s[keep], e[keep]))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset"
         return float("nan")
-    return (c["concordant"] + 0.5 * c["tied"]) / c["comparable"]
 
 
 def _get_column(data: Any, name: str) -> np.ndarray:
@@ -309,7 +317,7 @@ def difficulty_table(scores: Sequence[dict], truth: Sequence[dict], *, truth_col
 def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | Sequence[dict], *,
                        score_cols: Sequence[str] | None = None, truth_col: str = "updates", n_boot: int = 1000,
                        seed: int = 0, out_dir: str | Path | None = None,
-                       chunk_members: int | None = None) -> list[dict[str, Any]]:
+                       chunk_members: int | None = None, harder: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Spearman / Kendall (bootstrap CIs, p-values) and censoring-aware Harrell's C of each score vs the truth.
 
     Sign convention: MRD predicts EASY samples by HIGH values (Feng et al. 2025), so a working score has a
@@ -323,6 +331,9 @@ def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | 
         n_boot, seed: bootstrap resamples and seed.
         out_dir: write ``correlations.json``, ``correlations.csv`` and ``scatter_<score>.png`` there.
         chunk_members: chunk scores average only their first N members (:func:`difficulty_table`).
+        harder: score columns whose HIGH values predict HARDER samples (e.g. ``n_tokens``, ``newton_steps``; a
+            ``mrd difficulty score`` run's ``scores.json`` declares each one's direction): they are negated first,
+            so every row of the table reads "higher = easier".
 
     Returns:
         :func:`mrdkit.evaluation.correlation.correlation_table` rows.
@@ -331,6 +342,8 @@ def correlation_report(scores: str | Path | Sequence[dict], truth: str | Path | 
         raise MrdkitError(f"chunk_members must be >= 1, got {chunk_members}")
     cols, score_cols = difficulty_table(_rows(scores), _rows(truth), truth_col=truth_col, score_cols=score_cols,
                                         chunk_members=chunk_members)
+    for name in set(harder) & set(score_cols):
+        cols[name] = [-v for v in cols[name]]
     table = correlation_table(cols, truth_col, score_cols, event_col="event", n_boot=n_boot, seed=seed)
     if out_dir is not None:
         _write_report(Path(out_dir), cols, table, truth_col)

@@ -77,6 +77,9 @@ class UnlearnConfig:
         lora: LoRA settings, or None for full fine-tuning.
         method_kwargs: hyper-parameters passed to :func:`mrdkit.unlearning.build_method`.
         sampler_kwargs: options passed to :func:`mrdkit.samplers.build`.
+        score_key, score_direction: the column of a score file given as ``scores`` (``mrd`` of ``mrd.jsonl``, or
+            any ``mrd difficulty score`` column) and what its HIGH values predict (``easier`` / ``harder``; None:
+            as the file's ``scores.json`` declares, else ``easier``); samplers see higher = easier.
         mrd_draws, mrd_sigma, mrd_estimator: on-the-fly MRD scoring when a sampler needs scores and none were
             given (paper-notes section 1: K = 100, sigma = 1e-5).
         rescore_draws: draws of the cheap re-scoring the ``refresh`` sampler runs every epoch.
@@ -109,6 +112,8 @@ class UnlearnConfig:
     lora: Optional[LoraSettings] = None
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    score_key: str = "mrd"
+    score_direction: Optional[str] = None
     mrd_draws: int = 100
     mrd_sigma: float = 1e-5
     mrd_estimator: str = "antithetic"
@@ -129,6 +134,8 @@ class UnlearnConfig:
         from mrdkit.scoring.estimators import ESTIMATORS
 
         ESTIMATORS.get(self.mrd_estimator)  # did-you-mean before any model loads
+        _require(self.score_direction in (None, "easier", "harder"),
+                 f"score_direction must be easier or harder, got {self.score_direction!r}")
         for name in ("max_steps", "warmup_steps", "stop_check_every", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= (0 if name == "warmup_steps" else 1),

@@ -19,7 +19,7 @@ import torch
 from mrdkit.data import EncodedSample, Sample, collate, encode_samples, iter_batches, pad_id
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import token_logprobs
-from mrdkit.samplers import SAMPLERS, build
+from mrdkit.samplers import SAMPLERS, build, orient
 from mrdkit.seeding import make_generator
 from mrdkit.unlearning.config import UnlearnConfig
 
@@ -78,23 +78,40 @@ class Feed:
 # ------------------------------------------------------------------------------------------------ scores
 
 
-def load_mrd_file(path: str | Path) -> dict[str, float]:
-    """``{id: mrd}`` from an ``mrd.jsonl`` written by ``mrd score`` (rows with ``id`` and ``mrd``)."""
+def declared_direction(path: str | Path, key: str) -> str | None:
+    """The direction ``key`` declares in the ``scores.json`` beside a ``mrd difficulty score`` output, if any."""
+    from mrdkit.runs import read_json
+
+    meta = Path(path).with_name("scores.json")
+    if not meta.is_file():
+        return None
+    return read_json(meta).get("scores", {}).get(key, {}).get("direction")
+
+
+def load_score_file(path: str | Path, key: str = "mrd", direction: str | None = None) -> dict[str, float]:
+    """``{id: score}`` oriented so that HIGHER = EASIER, from a JSON-lines file with ``id`` and ``key`` columns:
+    ``mrd.jsonl`` of ``mrd score`` (``key="mrd"``: high MRD = easy) or ``scores.jsonl`` of ``mrd difficulty score``
+    (any score name; its direction is read from the ``scores.json`` beside it). ``direction`` (``easier`` /
+    ``harder``: what a HIGH value of the column predicts) overrides the declared one; default ``easier``."""
     from mrdkit.runs import read_jsonl
 
     rows = read_jsonl(path)
-    bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict) or "id" not in r or "mrd" not in r), None)
+    bad = next((i for i, r in enumerate(rows, 1) if not isinstance(r, dict) or "id" not in r or key not in r), None)
     if bad is not None:
-        raise MrdkitError(f"{path} line {bad}: an MRD row needs 'id' and 'mrd' fields")
-    return {str(r["id"]): float(r["mrd"]) for r in rows if r["mrd"] is not None}
+        have = ", ".join(sorted(rows[bad - 1])) if isinstance(rows[bad - 1], dict) else type(rows[bad - 1]).__name__
+        raise MrdkitError(f"{path} line {bad}: no {key!r} column (a score row needs 'id' and {key!r}; it has: "
+                          f"{have}); pick one with --score-key")
+    values = {str(r["id"]): float(r[key]) for r in rows if r[key] is not None}
+    return orient(values, direction or declared_direction(path, key) or "easier")
+
 
 
 def scores_for(samples: Sequence[Sample], scores: Mapping[str, float], source: str) -> list[float]:
     """Scores in sample order; a forget id without a score is an error naming it."""
     missing = [s.id for s in samples if s.id not in scores]
     if missing:
-        raise MrdkitError(f"{len(missing)} forget sample(s) have no MRD score in {source}, e.g. {missing[0]!r}; "
-                          f"score the same forget set (mrd score) first")
+        raise MrdkitError(f"{len(missing)} forget sample(s) have no score in {source}, e.g. {missing[0]!r}; "
+                          f"score the same forget set (mrd score / mrd difficulty score) first")
     return [float(scores[s.id]) for s in samples]
 
 
@@ -138,7 +155,8 @@ def initial_scores(sampler, scores, forget, model, tokenizer, cfg) -> tuple[list
     wants = name is not None and sampler_needs_scores(name)
     scorer = mrd_scorer(model, tokenizer, forget, cfg) if wants else None
     if isinstance(scores, (str, Path)):
-        return scores_for(forget, load_mrd_file(scores), str(scores)), "file", scorer
+        loaded = load_score_file(scores, cfg.score_key, cfg.score_direction)
+        return scores_for(forget, loaded, f"{scores} ({cfg.score_key})"), "file", scorer
     if scores is not None:
         return scores_for(forget, scores, "scores"), "given", scorer
     if scorer is not None:  # scored before LoRA and before any update: the start model's MRD
