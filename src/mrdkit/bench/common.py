@@ -53,3 +53,23 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
     out = Path(ctx.dir) / name
     same = run_state(out, run_config(cfg, samples, model_fingerprint(loaded.model))) in ("finished", "unfinished")
     return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)
+
+
+def ground_truth(ctx: BenchContext, loaded, samples, name: str, **settings: Any) -> list[dict[str, Any]]:
+    """:func:`~mrdkit.evaluation.difficulty.required_updates` checkpointed to ``ctx.dir/<name>.jsonl``: resumed when
+    that file was made with these settings, samples and weights, started afresh otherwise (never mixed). The same
+    ground truth of a sibling ``validate`` run (same settings, samples and weights) is used as it is."""
+    from mrdkit.evaluation.difficulty import checkpoint_is_current, required_updates
+
+    shared = Path(ctx.dir).parent / "validate" / f"{name}.jsonl"
+    own = Path(ctx.dir) / f"{name}.jsonl"
+    path = shared if checkpoint_is_current(shared, samples, loaded.model, **settings) else own
+    return required_updates(loaded.model, loaded.tokenizer, samples, checkpoint_path=path,
+                            resume=checkpoint_is_current(path, samples, loaded.model, **settings), **settings)
+
+
+def truth_settings(ctx: BenchContext) -> dict[str, Any]:
+    """The per-sample ground truth of the experiments: GA (AdamW) on one sample at a time until P(a|q) <= 0.02.
+    AdamW at 1e-3 forgets any testbed sample in 1-2 updates (no resolution); these lrs give ~12-35 updates."""
+    return {"method": "ga", "lr": float(ctx.options.get("truth_lr", ctx.size(5e-5, 2e-5))), "threshold": 0.02,
+            "cap": ctx.size(60, 150)}

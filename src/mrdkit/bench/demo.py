@@ -3,6 +3,8 @@
 Steps (each a bench experiment with demo-sized options, resumable, into one directory):
 1. ``validate``: MRD (paper and antithetic estimators) on the 40 forget samples, the ground-truth updates per
    sample and per chunk, correlations with bootstrap CIs.
+   ``predictors``: the cheap difficulty scores (lookahead, Newton steps, proxies) next to MRD against the same
+   ground truth and a joint GA run's survival steps (mrdkit.bench.predictors).
 2. ``samplers``: gradient ascent with ``random`` vs MRD-guided ``cga`` sampling, evaluated with the TOFU suite
    against the retain model.
 3. ``report.md`` with the paper-claim table, printed at the end.
@@ -16,6 +18,9 @@ from typing import Callable, Optional
 
 DEMO_OPTIONS = {
     "validate": {"demo": True},
+    "predictors": {"demo": True, "survival_methods": ["ga"],
+                   "scores": ["lookahead_3", "lookahead_1", "newton_steps", "loss", "n_tokens", "min_k_20", "min_k_40",
+                              "zlib", "grad_norm", "mrd_antithetic"]},
     "samplers": {"methods": ["ga"], "samplers": ["random", "cga"], "seeds": 1, "eval_limit": 40},
 }
 

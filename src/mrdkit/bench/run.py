@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mrdkit.bench import characteristics, muse, samplers, selection, sensitivity, validate  # noqa: F401 (register)
+from mrdkit.bench import (  # noqa: F401 (importing registers the experiments)
+    characteristics,
+    muse,
+    predictors,
+    samplers,
+    selection,
+    sensitivity,
+    validate,
+)
 from mrdkit.bench.registry import EXPERIMENTS, BenchContext
 from mrdkit.bench.report import claims_table, fmt
 from mrdkit.runs import RunDir, atomic_write_text, read_json

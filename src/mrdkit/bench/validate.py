@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrdkit.bench.common import score, target_model, validation_samples
+from mrdkit.bench.common import ground_truth, score, target_model, truth_settings, validation_samples
 from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
@@ -32,21 +32,12 @@ def _score_rows(ctx: BenchContext, loaded, samples) -> list[dict[str, Any]]:
     return rows
 
 
-def _truth(ctx: BenchContext, loaded, samples, name: str, **settings: Any) -> list[dict[str, Any]]:
-    from mrdkit.evaluation.difficulty import checkpoint_is_current, required_updates
-
-    path = Path(ctx.dir) / f"{name}.jsonl"
-    # a checkpoint made with other settings (changed defaults or options) is replaced, never mixed in
-    return required_updates(loaded.model, loaded.tokenizer, samples, checkpoint_path=path,
-                            resume=checkpoint_is_current(path, samples, loaded.model, **settings), **settings)
-
-
-def chunk_settings(ctx: BenchContext, truth_settings: dict[str, Any], chunk: int) -> dict[str, Any]:
+def chunk_settings(ctx: BenchContext, truth: dict[str, Any], chunk: int) -> dict[str, Any]:
     """Ground-truth settings of the chunked variant: one update per epoch on the mean gradient of a whole chunk
     moves each member about ``1/chunk`` as far as a per-sample step, so chunks get a larger lr (``chunk_lr``,
     default 1e-4) and a cap of ``chunk_cap`` (default 30) epochs. At the per-sample lr (2e-5) all 24 chunks of
     the full run were censored at 20 epochs, which leaves nothing to correlate."""
-    return {**truth_settings, "lr": float(ctx.options.get("chunk_lr", 1e-4)),
+    return {**truth, "lr": float(ctx.options.get("chunk_lr", 1e-4)),
             "cap": int(ctx.options.get("chunk_cap", 30)), "chunk_size": chunk}
 
 
@@ -61,20 +52,18 @@ def validate(ctx: BenchContext) -> dict[str, Any]:
     ctx.log(f"validate: MRD (paper + antithetic) on {len(samples)} samples")
     rows = _score_rows(ctx, loaded, samples)
     atomic_write_jsonl(Path(ctx.dir) / "scores.jsonl", rows)
-    # AdamW at 1e-3 forgets any testbed sample in 1-2 updates (no resolution); these lrs give ~12-35 updates
-    truth_settings = {"method": "ga", "lr": float(ctx.options.get("truth_lr", ctx.size(5e-5, 2e-5))),
-                      "threshold": 0.02, "cap": ctx.size(60, 150)}
+    truth = truth_settings(ctx)
     ctx.log("validate: ground truth (updates to forget each sample)")
-    per_sample = _truth(ctx, loaded, samples, "updates", **truth_settings)
+    per_sample = ground_truth(ctx, loaded, samples, "updates", **truth)
     chunk = int(ctx.options.get("chunk_size", ctx.size(4, 5)))
-    chunked = _truth(ctx, loaded, samples, "updates_chunked", **chunk_settings(ctx, truth_settings, chunk))
+    chunked = ground_truth(ctx, loaded, samples, "updates_chunked", **chunk_settings(ctx, truth, chunk))
     cols = ["mrd_paper", "mrd_antithetic", *[c for c in PROXY_COLUMNS if c in rows[0]]]
     n_boot = ctx.size(200, 1000)
     table = correlation_report(rows, per_sample, score_cols=cols, n_boot=n_boot, out_dir=Path(ctx.dir) / "per_sample")
     table_chunk = correlation_report(rows, chunked, score_cols=cols, n_boot=n_boot,
                                      out_dir=Path(ctx.dir) / "chunked")
-    return {"n_samples": len(samples), "chunk_size": chunk, "truth": truth_settings,
-            "truth_chunked": chunk_settings(ctx, truth_settings, chunk),
+    return {"n_samples": len(samples), "chunk_size": chunk, "truth": truth,
+            "truth_chunked": chunk_settings(ctx, truth, chunk),
             "censored": sum(r["censored"] for r in per_sample),
             "censored_chunks": sum(r["censored"] for r in chunked), "n_chunks": len(chunked),
             "median_updates": sorted(r["updates"] for r in per_sample)[len(per_sample) // 2],

@@ -189,7 +189,8 @@ def score_command(
     run.write_json("scores.json", table.meta)
     run.write_text("scores.csv", _csv(table.rows))
     run.mark_finished({"n": len(table.rows), "scores": names})
-    info = [{"score": n, "high means": m["direction"], "cost (fwd+bwd / sample)": m["cost"], "seconds": m["seconds"]}
+    info = [{"score": n, "high means": m["direction"], "cost (fwd+bwd / sample)": m["cost"],
+             "seconds": m["seconds"]}
             for n, m in table.meta["scores"].items()]
     print_table(f"difficulty scores of {len(table.rows)} samples -> {out}/scores.jsonl", info)
 

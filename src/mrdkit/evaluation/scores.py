@@ -19,7 +19,7 @@ a backward costs about two forwards). Scores:
   ``zlib``: log-prob over zlib entropy (Carlini et al. 2021): membership signals, harder; cost 1/3.
 - ``grad_norm``: ``||grad f||_2``: easier (a large gradient moves the log-prob fast); cost 1.
 - ``lookahead_1``, ``lookahead_3``: ``f(theta_0) - f(theta_k)`` after k method steps on the sample alone, the drop
-  of its own objective the unlearning run will see; easier; cost k + 2/3.
+  of its own objective the unlearning run will see; easier; cost k + (k+1)/3 (f is measured after every step).
 - ``grad_curvature``: ``(f(theta + eta u) + f(theta - eta u) - 2 f(theta)) / eta^2 = u'Hu`` with ``u = g/|g|`` the
   sample's own gradient direction (the direction unlearning moves in, where MRD averages over random
   directions); harder (positive curvature along the descent path slows the decrease); cost 1 + 2/3.
@@ -112,8 +112,13 @@ class ScoreContext:
         return [s.id for s in self.samples]
 
 
-def register_score(name: str, *, direction: str, cost: str, formula: str, citation: str = ""):
-    """Register a score function ``fn(ctx) -> {id: value}`` with its metadata."""
+FORWARD = 1 / 3  # a forward pass in forward+backward equivalents (a backward costs about two forwards)
+
+
+def register_score(name: str, *, direction: str, cost: Callable[[ScoreConfig], float], formula: str,
+                   citation: str = ""):
+    """Register a score function ``fn(ctx) -> {id: value}`` with its metadata; ``cost(cfg)`` is its price per
+    sample in forward+backward-pass equivalents under the settings ``cfg`` (e.g. MRD's depends on K)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}")
     return SCORES.register(name, direction=direction, cost=cost, summary=formula, citation=citation)
@@ -140,29 +145,32 @@ def _token_rows(ctx: ScoreContext) -> dict[str, torch.Tensor]:
     return ctx.cache["rows"]
 
 
-@register_score("loss", direction="easier", cost="1/3", formula="-f(theta): mean answer NLL")
+@register_score("loss", direction="easier", cost=lambda cfg: FORWARD, formula="-f(theta): mean answer NLL")
 def loss(ctx: ScoreContext) -> dict[str, float]:
     return {sid: -float(v.mean()) for sid, v in _token_rows(ctx).items()}
 
 
-@register_score("n_tokens", direction="harder", cost="1/3", formula="number of scored tokens")
+@register_score("n_tokens", direction="harder", cost=lambda cfg: FORWARD, formula="number of scored tokens")
 def n_tokens(ctx: ScoreContext) -> dict[str, float]:
     return {sid: float(v.numel()) for sid, v in _token_rows(ctx).items()}
 
 
-@register_score("min_k_20", direction="harder", cost="1/3", formula="mean of the lowest 20% token log-probs",
+@register_score("min_k_20", direction="harder", cost=lambda cfg: FORWARD,
+                formula="mean of the lowest 20% token log-probs",
                 citation="Shi et al. 2023, arXiv:2310.16789")
 def min_k_20(ctx: ScoreContext) -> dict[str, float]:
     return {sid: min_k_logprob(v, 0.2) for sid, v in _token_rows(ctx).items()}
 
 
-@register_score("min_k_40", direction="harder", cost="1/3", formula="mean of the lowest 40% token log-probs",
+@register_score("min_k_40", direction="harder", cost=lambda cfg: FORWARD,
+                formula="mean of the lowest 40% token log-probs",
                 citation="Shi et al. 2023, arXiv:2310.16789")
 def min_k_40(ctx: ScoreContext) -> dict[str, float]:
     return {sid: min_k_logprob(v, 0.4) for sid, v in _token_rows(ctx).items()}
 
 
-@register_score("zlib", direction="harder", cost="1/3", formula="f(theta) / zlib-compressed bytes of the answer",
+@register_score("zlib", direction="harder", cost=lambda cfg: FORWARD,
+                formula="f(theta) / zlib-compressed bytes of the answer",
                 citation="Carlini et al. 2021, arXiv:2012.07805")
 def zlib_score(ctx: ScoreContext) -> dict[str, float]:
     answers = {s.id: s.answer for s in ctx.samples}
@@ -183,13 +191,14 @@ def _mrd(ctx: ScoreContext, estimator: str) -> dict[str, float]:
     return dict(zip(res.ids, res.estimate.mrd.tolist()))
 
 
-@register_score("mrd_paper", direction="easier", cost="(K+1)/3", formula="|mean_k sum_t (l_t - l_t(theta+d_k))/l_t|",
+@register_score("mrd_paper", direction="easier", cost=lambda cfg: (cfg.draws + 1) * FORWARD,
+                formula="|mean_k sum_t (l_t - l_t(theta+d_k))/l_t|",
                 citation="Feng et al. 2025, arXiv:2504.06658")
 def mrd_paper(ctx: ScoreContext) -> dict[str, float]:
     return _mrd(ctx, "paper")
 
 
-@register_score("mrd_antithetic", direction="easier", cost="(2K+1)/3",
+@register_score("mrd_antithetic", direction="easier", cost=lambda cfg: (2 * cfg.draws + 1) * FORWARD,
                 formula="|mean_k c_k|, c_k = (r_k(+d) + r_k(-d)) / 2: MRD's curvature part",
                 citation="Feng et al. 2025, arXiv:2504.06658; antithetic variates")
 def mrd_antithetic(ctx: ScoreContext) -> dict[str, float]:
@@ -213,14 +222,14 @@ def _norm(tensors: Sequence[torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
 
 
-@register_score("grad_norm", direction="easier", cost="1", formula="||grad f(theta)||_2")
+@register_score("grad_norm", direction="easier", cost=lambda cfg: 1.0, formula="||grad f(theta)||_2")
 def grad_norm(ctx: ScoreContext) -> dict[str, float]:
     params = trainable(ctx.model)
     with eval_mode(ctx.model):
         return {s.id: _norm(_gradient(ctx, i, params)) for i, s in enumerate(ctx.samples)}
 
 
-@register_score("grad_curvature", direction="harder", cost="1 + 2/3",
+@register_score("grad_curvature", direction="harder", cost=lambda cfg: 1 + 2 * FORWARD,
                 formula="(f(theta+eta u) + f(theta-eta u) - 2 f(theta)) / eta^2, u = grad f / |grad f|")
 def grad_curvature(ctx: ScoreContext) -> dict[str, float]:
     params = trainable(ctx.model)
@@ -282,19 +291,19 @@ def lookahead_drops(ctx: ScoreContext, steps: int) -> dict[str, list[float]]:
     return out
 
 
-@register_score("lookahead_1", direction="easier", cost="1 + 2/3",
+@register_score("lookahead_1", direction="easier", cost=lambda cfg: 1 + 2 * FORWARD,
                 formula="f(theta_0) - f(theta_1): drop of the sample's mean answer log-prob after 1 method step")
 def lookahead_1(ctx: ScoreContext) -> dict[str, float]:
     return {sid: t[0] - t[1] for sid, t in lookahead_drops(ctx, 1).items()}
 
 
-@register_score("lookahead_3", direction="easier", cost="3 + 2/3",
+@register_score("lookahead_3", direction="easier", cost=lambda cfg: 3 + 4 * FORWARD,
                 formula="f(theta_0) - f(theta_3): drop after 3 method steps on the sample alone")
 def lookahead_3(ctx: ScoreContext) -> dict[str, float]:
     return {sid: t[0] - t[3] for sid, t in lookahead_drops(ctx, 3).items()}
 
 
-@register_score("newton_steps", direction="harder", cost="1 + 2/3",
+@register_score("newton_steps", direction="harder", cost=lambda cfg: 1 + 2 * FORWARD,
                 formula="(f(theta_0) - log tau) / max(f(theta_0) - f(theta_1), eps): straight-line steps to tau")
 def newton_steps(ctx: ScoreContext) -> dict[str, float]:
     log_tau = math.log(ctx.cfg.threshold)
@@ -362,5 +371,7 @@ def score_difficulty(model: torch.nn.Module, tokenizer: Any, samples: Sequence[S
         entry, tic = SCORES.entry(name), time.perf_counter()
         for sid, value in entry.obj(ctx).items():
             rows[sid][name] = value
-        meta["scores"][name] = {**entry.meta, "seconds": round(time.perf_counter() - tic, 3)}
+        info = {k: v for k, v in entry.meta.items() if k != "cost"}
+        meta["scores"][name] = {**info, "cost": round(entry.meta["cost"](cfg), 4),
+                                "seconds": round(time.perf_counter() - tic, 3)}
     return ScoreTable([rows[s.id] for s in samples], meta)
