@@ -25,11 +25,17 @@ class TokenLogProbs:
         mask: (B, T-1) bool; True where the position is scored.
         correct: (B, T-1) bool or None; True where the label is the model's argmax (teacher forcing), False where
             masked. Used for token accuracy, exact memorisation and extraction strength.
+        mu, var: (B, T-1) float64 or None (only with ``moments=True``): mean and variance of ``log p(v | x_<=t)``
+            under the model's own next-token distribution, ``mu_t = sum_v p_v log p_v`` and
+            ``var_t = sum_v p_v (log p_v)^2 - mu_t^2``; 0 where masked. Min-K%++ (Zhang et al. 2024,
+            arXiv:2404.02936) standardises each token's log-prob with them.
     """
 
     values: torch.Tensor
     mask: torch.Tensor
     correct: torch.Tensor | None = None
+    mu: torch.Tensor | None = None
+    var: torch.Tensor | None = None
 
     def sum(self) -> torch.Tensor:
         """Sequence log-likelihood ``sum_t ell_t`` per sample, shape (B,)."""
@@ -45,7 +51,9 @@ class TokenLogProbs:
 
     def detach(self) -> TokenLogProbs:
         """A copy without autograd history."""
-        return TokenLogProbs(self.values.detach(), self.mask, self.correct)
+        return TokenLogProbs(self.values.detach(), self.mask, self.correct,
+                             None if self.mu is None else self.mu.detach(),
+                             None if self.var is None else self.var.detach())
 
     def accuracy(self) -> torch.Tensor:
         """Teacher-forced token accuracy per sample (fraction of scored tokens that are the argmax), (B,)."""
@@ -64,17 +72,33 @@ def shift_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return targets, targets != IGNORE_INDEX
 
 
-def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogProbs:
+def logprob_moments(logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``log p`` under ``p`` itself at each position: ``(mu, var)``, both (B, T-1).
+
+    ``mu_t = sum_v p_v log p_v`` (minus the entropy) and ``var_t = sum_v p_v (log p_v)^2 - mu_t^2``, the
+    statistics Min-K%++ standardises with (open-unlearning ``MinKPlusPlusAttack.compute_score`` computes the same
+    sums); zero where ``mask`` is False.
+    """
+    p = logp.exp()  # (B, T-1, V)
+    # nan_to_num: a token with p = 0 (log p = -inf, e.g. a masked logit) contributes 0 * -inf = NaN otherwise
+    mu = (p * logp).nan_to_num(nan=0.0).sum(-1)  # (B, T-1)
+    var = (p * logp.square()).nan_to_num(nan=0.0).sum(-1) - mu.square()  # (B, T-1)
+    return mu * mask, var * mask
+
+
+def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, moments: bool = False) -> TokenLogProbs:
     """Log-probs of ``labels`` under ``logits`` (B, T, V) using float64 log-softmax.
 
     The logits at position t predict token t+1, so position T-1 is dropped and labels are shifted left.
+    ``moments=True`` also fills ``mu`` / ``var`` (:func:`logprob_moments`).
     """
     targets, mask = shift_labels(labels)
     logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1)  # (B, T-1, V)
     safe = targets.clamp(min=0).unsqueeze(-1)  # (B, T-1, 1); masked positions read token 0, then zeroed
     values = logp.gather(-1, safe).squeeze(-1) * mask  # (B, T-1)
     correct = (logits[:, :-1].argmax(dim=-1) == targets) & mask  # (B, T-1)
-    return TokenLogProbs(values=values, mask=mask, correct=correct)
+    mu, var = logprob_moments(logp, mask) if moments else (None, None)
+    return TokenLogProbs(values=values, mask=mask, correct=correct, mu=mu, var=var)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -84,7 +108,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bool = False) -> TokenLogProbs:
+def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bool = False,
+                   moments: bool = False) -> TokenLogProbs:
     """Run ``model`` on ``batch`` and return per-token log-probs of its labels.
 
     Args:
@@ -92,6 +117,8 @@ def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bo
         batch: mapping with ``input_ids`` (B, T), ``attention_mask`` (B, T) and ``labels`` (B, T) where
             ``-100`` marks positions that are not scored. Right padding; padded positions must be -100.
         grad: keep the autograd graph (for losses); otherwise run under ``torch.inference_mode``.
+        moments: also return the per-position mean / variance of the log-probs under the model's next-token
+            distribution (:func:`logprob_moments`; Min-K%++).
 
     Returns:
         :class:`TokenLogProbs` with float64 values of shape (B, T-1).
@@ -103,4 +130,4 @@ def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bo
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with ctx:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return gather_logprobs(logits, labels)
+        return gather_logprobs(logits, labels, moments=moments)

@@ -1,4 +1,5 @@
-"""Membership-style scores of one sequence from its per-token log-probs (shared by proxies and MIA metrics).
+"""Membership-style scores of one sequence from its per-token log-probs (shared by proxies and MIA metrics):
+Min-K%, Min-K%++ and zlib.
 
 Conventions: every score here is "higher = more member-like" (more likely seen in training), so an AUC of
 members vs non-members above 0.5 means the attack works.
@@ -26,6 +27,20 @@ def min_k_logprob(values: torch.Tensor, k: float) -> float:
     m = max(1, int(math.floor(k * n)))
     lowest = torch.topk(values.to(torch.float64), m, largest=False).values
     return float(lowest.mean())
+
+
+def min_k_plus_plus(values: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, k: float,
+                    min_var: float = 1e-6) -> float:
+    """Min-K%++ (Zhang et al. 2024, arXiv:2404.02936): Min-K% of the standardised token log-probs.
+
+    ``z_t = (log p(x_t) - mu_t) / sqrt(max(var_t, min_var))`` with ``mu_t``, ``var_t`` the mean and variance of
+    ``log p`` under the model's own next-token distribution at position t (:func:`mrdkit.logprob.logprob_moments`);
+    the score is the mean of the lowest ``max(1, floor(k * n))`` z_t (:func:`min_k_logprob` of z). Higher =
+    more member-like. open-unlearning ``MinKPlusPlusAttack`` clamps the variance at 1e-6 the same way and reports
+    the negative (its loss-like convention).
+    """
+    z = (values.double() - mu.double()) / var.double().clamp(min=min_var).sqrt()
+    return min_k_logprob(z, k)
 
 
 def zlib_entropy(text: str) -> int:

@@ -31,12 +31,22 @@ def test_eval_tofu_then_forget_quality_against_its_own_log(capsys, tmp_path):
     assert "forget_truth_ratio" in out and "model_utility" in out and "note: forget_quality omitted" in out
     for name in ("eval.json", "eval_samples.jsonl", "TOFU_EVAL.json", "TOFU_SUMMARY.json"):
         assert (first / name).is_file()
+    # no retain log: forget_quality is null in TOFU_EVAL.json, so the summary has the other 6 default metrics
+    assert json.loads((first / "TOFU_EVAL.json").read_text())["forget_quality"] == {"agg_value": None}
+    assert set(json.loads((first / "TOFU_SUMMARY.json").read_text())) == {
+        "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility", "privleak", "extraction_strength"}
+    assert "note: mia_reference omitted" in out
     code, out, err = run(capsys, *common, "--out", str(tmp_path / "second"), "--retain-log",
-                         str(first / "TOFU_EVAL.json"), "--skip-generation")
+                         str(first / "TOFU_EVAL.json"), "--skip-generation", "--reference-model", TINY)
     assert code == 0, err
     second = json.loads((tmp_path / "second" / "eval.json").read_text())
     assert second["metrics"]["forget_quality"]["value"] == 1.0
-    assert "ROUGE omitted" in out
+    assert "ROUGE omitted" in out and "mia_reference" in out
+    # the reference is the same seeded tiny model: target minus reference loss is 0 everywhere, AUC 1/2
+    assert second["metrics"]["mia_reference"]["value"] == 0.5 and second["meta"]["reference_model"].startswith(TINY)
+    community = json.loads((tmp_path / "second" / "TOFU_EVAL.json").read_text())
+    assert community["mia_reference"]["auc"] == 0.5 and community["forget_quality"]["agg_value"] == 1.0
+    assert {v["score"] for v in community["mia_reference"]["forget"]["value_by_index"].values()} == {0.0}
 
 
 def test_eval_user_errors_are_one_line(capsys, tmp_path):

@@ -7,8 +7,11 @@ import pytest
 
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation.community import (
+    DEFAULT_METRICS,
+    attack_entry,
     read_community,
     read_forget_truth_ratios,
+    rouge_entry,
     summarize,
     to_community,
     write_community,
@@ -48,6 +51,35 @@ def test_aggregate_only_metrics_and_sorting():
     assert doc["extraction_strength"]["agg_value"] is None
     assert summarize(doc) == {"forget_Q_A_Prob": 0.1, "forget_quality": 0.42, "forget_truth_ratio": 0.5,
                               "model_utility": 0.6}
+
+
+def test_summary_holds_only_the_configured_default_metrics(tmp_path):
+    doc = to_community({}, {"forget_Q_A_PARA_Prob": 0.3, "mia_min_k": 0.7, "forget_quality": None, "privleak": -5.0,
+                            "forget_Q_A_Prob": 0.1}, INDEX)
+    _, summary_path = write_community(tmp_path, doc)
+    text = summary_path.read_text()
+    # open-unlearning's tofu.yaml lists 7 metrics; pre-computes (PARA_Prob, mia_min_k) and nulls stay out
+    assert json.loads(text) == {"forget_Q_A_Prob": 0.1, "privleak": -5.0}
+    assert text == json.dumps({"forget_Q_A_Prob": 0.1, "privleak": -5.0}, indent=4)  # json.dump(indent=4), no newline
+    assert DEFAULT_METRICS["TOFU"] == ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                                       "model_utility", "privleak", "extraction_strength")
+    eval_text = (tmp_path / "TOFU_EVAL.json").read_text()
+    assert eval_text == json.dumps(dict(sorted(doc.items())), indent=4) and json.loads(eval_text)["forget_quality"] == {
+        "agg_value": None}
+    assert summarize(doc, ["mia_min_k"]) == {"mia_min_k": 0.7}
+
+
+def test_rouge_entry_and_attack_entry_layouts():
+    entry = rouge_entry("Question: q\nAnswer:", " the cat sat on the mat ", "mat the cat\n")
+    assert entry == {"rouge1_recall": 0.5, "rougeL_f1": pytest.approx(4 / 9), "rougeL_recall": pytest.approx(1 / 3),
+                     "input": "Question: q\nAnswer:", "ground_truth": "the cat sat on the mat",
+                     "generation": "mat the cat"}
+    # loss-like scores, forget labelled 0 and holdout 1: holdout 2.0 beats forget 1.0 but not 3.0 -> AUC 1/2
+    mia = attack_entry({2: 3.0, 0: 1.0}, {1: 2.0})
+    assert mia == {"forget": {"agg_value": 2.0, "value_by_index": {"0": {"score": 1.0}, "2": {"score": 3.0}}},
+                   "holdout": {"agg_value": 2.0, "value_by_index": {"1": {"score": 2.0}}}, "auc": 0.5,
+                   "agg_value": 0.5}
+    assert attack_entry({0: 1.0}, {1: 2.0})["auc"] == 1.0  # holdout less member-like than forget: detected
 
 
 def test_to_community_errors_and_field_override():

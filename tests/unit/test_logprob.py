@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -40,6 +41,19 @@ def test_gather_matches_hand_computation():
     assert math.isclose(float(out.mean()[0]), sum(expected) / 2, rel_tol=1e-12)
     # argmax of position 0 is token 2 (= label), of position 1 is token 0 (= label): both correct
     assert out.correct.tolist() == [[True, True]] and out.accuracy().tolist() == [1.0]
+
+
+def test_moments_are_mean_and_variance_of_log_p_under_p():
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])  # (1, 3, 3)
+    out = gather_logprobs(logits, torch.tensor([[-100, 2, -100]]), moments=True)
+    z0 = math.log(1 + math.e + math.e**2)
+    logp = [0.0 - z0, 1.0 - z0, 2.0 - z0]  # position 0
+    p = [math.exp(x) for x in logp]
+    mu = sum(a * b for a, b in zip(p, logp))
+    var = sum(a * (b - mu) ** 2 for a, b in zip(p, logp))
+    assert out.mu[0, 0].item() == pytest.approx(mu, rel=1e-12) and out.var[0, 0].item() == pytest.approx(var, rel=1e-12)
+    assert out.mu[0, 1].item() == 0.0 and out.var[0, 1].item() == 0.0  # masked
+    assert gather_logprobs(logits, torch.tensor([[-100, 2, 0]])).mu is None  # only when asked
 
 
 def test_masked_positions_are_zero_and_excluded():

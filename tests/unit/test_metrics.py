@@ -97,6 +97,18 @@ def test_rouge_l_recall_stemmed_and_f1_unstemmed():
         M.rouge_l_f1_batch(["a", "b"], ["a"])
 
 
+def test_text_similarity_is_open_unlearnings_stemmed_rouge_entry():
+    # reference "the cat sat on the mat" (6 tokens), generation "mat the cat": unigram overlap 3 -> R1 = 1/2;
+    # LCS "the cat" = 2 -> R = 2/6, P = 2/3, F = 2 R P / (R + P) = 4/9
+    assert M.text_similarity("mat the cat", "the cat sat on the mat") == pytest.approx(
+        {"rouge1_recall": 0.5, "rougeL_f1": 4 / 9, "rougeL_recall": 1 / 3})
+    # stemmed (cats -> cat): LCS 3 of 4 reference tokens, P = 1 -> F1 = 6/7; MUSE's own F1 is unstemmed (4/7)
+    sim = M.text_similarity("the cats sat", "the cat sat on")
+    assert sim["rougeL_f1"] == pytest.approx(6 / 7) and sim["rougeL_recall"] == M.rouge_l_recall("the cats sat",
+                                                                                                  "the cat sat on")
+    assert M.rouge_l_f1("the cats sat", "the cat sat on") == pytest.approx(4 / 7)
+
+
 @pytest.mark.parametrize(
     "correct, es, es_compat",
     [([1, 1, 1, 1], 1.0, 1.0), ([0, 1, 1, 1], 0.75, 0.75), ([1, 0, 1, 1], 0.5, 0.5), ([1, 1, 1, 0], 0.0, 0.25),
@@ -154,6 +166,9 @@ def test_privacy_leakage_and_relative_difference():
     assert M.relative_difference(0.6, 0.5) == pytest.approx(20.0)
     with pytest.raises(MrdkitError):
         M.privacy_leakage(0.5, 1.0)
+    # open-unlearning's exact formula: 1e-10 in the denominator (the community files)
+    assert M.privacy_leakage(0.9, 0.5, eps=1e-10) == ((1 - 0.9) - (1 - 0.5)) / ((1 - 0.5) + 1e-10) * 100
+    assert M.privacy_leakage(0.8, 1.0, eps=1e-10) == pytest.approx(0.2 / 1e-10 * 100)  # defined, if huge
 
 
 def test_muse_privleak_hand_made():

@@ -12,6 +12,7 @@ import torch
 
 from mrdkit.data import Sample, chunk_documents
 from mrdkit.evaluation import muse
+from mrdkit.evaluation.community import DEFAULT_METRICS, summarize
 from mrdkit.evaluation.metrics import METRICS, muse_auc, muse_privleak, rouge_l_f1
 
 ICL = [Sample("i:0", "Who wrote it?", "Jane Doe"), Sample("i:1", "Where?", "Paris")]
@@ -84,6 +85,56 @@ def test_aggregate_on_hand_made_rows():
     assert math.isnan(muse.aggregate(_rows(), auc_retrain=0.0)["privleak"]["value"])
 
 
+def _community_rows():
+    rows = _rows()
+    for label in ("verbmem_forget", "knowmem_forget", "knowmem_retain"):
+        for r in rows[label].values():
+            r["input"] = "prompt"
+    rows["verbmem_forget"]["x:0"].update(generation="the cats sat on the mat. ", extraction_strength=0.5)
+    rows["verbmem_forget"]["x:1"].update(generation="nothing alike", extraction_strength=float("nan"))
+    for split, scores in (("forget", [-1.0, -3.0]), ("holdout", [-2.0, -4.0])):
+        for r, v in zip(rows[f"privleak_{split}"].values(), scores):
+            r["min_k_community"] = v
+    return rows
+
+
+def _community_data():
+    gt = "the cat sat on the mat and " + "word " * 200  # longer than MUSE's 128-token cut
+    data = {"verbmem_forget": [Sample("x:0", "p", gt), Sample("x:1", "p", "other text")]}
+    data["knowmem_forget"] = [Sample(f"x:{i}", "q", "g") for i in range(3)]
+    data["knowmem_retain"] = [Sample("x:0", "q", "g")]
+    return data
+
+
+def test_community_doc_follows_open_unlearnings_conventions():
+    rows, data = _community_rows(), _community_data()
+    doc = muse.community(rows, data)
+    verb = doc["forget_verbmem_ROUGE"]
+    entry = verb["value_by_index"]["0"]
+    # stemmed ROUGE against the WHOLE gt (207 tokens): LCS "the cat sat on the mat" = 6 of 6 generated tokens
+    assert entry["ground_truth"] == data["verbmem_forget"][0].answer.strip()
+    assert entry["generation"] == "the cats sat on the mat."
+    assert entry["rougeL_recall"] == pytest.approx(6 / 207) and entry["rougeL_f1"] == pytest.approx(2 * 6 / (207 + 6))
+    assert verb["agg_value"] == pytest.approx((2 * 6 / 213 + 0.0) / 2)  # rougeL_f1 on a 0-1 scale
+    assert list(entry) == ["rouge1_recall", "rougeL_f1", "rougeL_recall", "input", "ground_truth", "generation"]
+    # ES: the NaN item (no gt token fitted) is left out
+    assert doc["extraction_strength"] == {"agg_value": 0.5, "value_by_index": {"0": {"score": 0.5}}}
+    # mia_min_k from the community scores, loss-like: forget 1, 3 vs holdout 2, 4 -> holdout higher in 3 of 4 pairs
+    mia = doc["mia_min_k"]
+    assert mia["forget"]["value_by_index"] == {"0": {"score": 1.0}, "1": {"score": 3.0}}
+    assert mia["auc"] == pytest.approx(0.75)
+    # privleak against open-unlearning's ref_value 0.5 (not MUSE-News's 0.4772), with its 1e-10
+    assert doc["privleak"] == {"agg_value": ((1 - mia["auc"]) - 0.5) / (0.5 + 1e-10) * 100}
+    with_ref = muse.community(rows, data, ref_auc=0.6)["privleak"]["agg_value"]
+    assert with_ref == pytest.approx(((1 - 0.75) - 0.4) / 0.4 * 100)
+    assert set(summarize(doc, DEFAULT_METRICS["MUSE"])) == {"forget_verbmem_ROUGE", "forget_knowmem_ROUGE",
+                                                            "retain_knowmem_ROUGE", "privleak", "extraction_strength"}
+    # eval.json keeps MUSE's conventions: unstemmed F1 of the cut reference, 0-100, privleak vs AUC_retrain
+    m = muse.aggregate(rows, auc_retrain=0.4772)
+    assert m["verbmem_forget"]["value"] == pytest.approx(75.0) and m["extraction_strength"]["value"] == 0.5
+    assert m["privleak"]["value"] == pytest.approx((0.25 - 0.4772) / 0.4772 * 100)
+
+
 def test_auc_and_privleak_conventions():
     # the target model: every forget text more member-like (higher Min-K log-prob) than every holdout text
     assert muse_auc([-0.1, -0.2], [-3.0, -4.0]) == 0.0
@@ -111,6 +162,8 @@ def test_membership_rows_match_a_hand_computed_min_k(tiny_lm):
     k = int(math.floor(0.4 * values.numel()))
     assert row["n_tokens"] == values.numel() and not row["truncated"]
     assert row["min_k"] == pytest.approx(float(values.sort().values[:k].mean()), abs=1e-6)
+    k_ou = int(0.4 * (values.numel() - 1))  # open-unlearning leaves out the last label
+    assert row["min_k_community"] == pytest.approx(float(values[:-1].sort().values[:k_ou].mean()), abs=1e-6)
     assert row["nll_sum"] == pytest.approx(float(-values.sum()), abs=1e-5)
 
 
@@ -123,6 +176,21 @@ def _canned(monkeypatch, outputs):
 
     monkeypatch.setattr(muse, "generate_rows", fake)
     return calls
+
+
+def test_completion_extraction_matches_teacher_forcing_by_hand(tiny_lm):
+    """open-unlearning's MUSE ES: prompt, then " " + gt (no EOS), labels on gt; ES over all but the last label."""
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    item = Sample("v:0", "The quick brown fox", "jumps over the lazy dog and runs far away.")
+    prompt = [tok.bos_token_id] + _ids(tok, item.prompt)
+    gt = _ids(tok, " " + item.answer)
+    got = muse.completion_extraction(model, tok, [item], [prompt])["v:0"]
+    with torch.no_grad():
+        preds = model(torch.tensor([prompt + gt])).logits[0].argmax(-1)  # (T,)
+    correct = [int(preds[len(prompt) - 1 + j]) == t for j, t in enumerate(gt)][:-1]
+    n = len(correct)
+    k = next(k for k in range(n) if all(correct[k:])) if any(correct[-1:]) else n - 1  # their loop stops at n - 1
+    assert got == pytest.approx(1 - k / n)
 
 
 def test_verbmem_rows_with_canned_continuations(monkeypatch, tiny_lm):
@@ -187,7 +255,18 @@ def test_evaluate_muse_news_end_to_end_and_resume(tmp_path, tiny_lm):
         assert (out / name).is_file()
     doc = json.loads((out / "MUSE_EVAL.json").read_text())
     assert set(doc["forget_verbmem_ROUGE"]["value_by_index"]) == {"0", "1"}
-    assert doc["mia_min_k"]["agg_value"] == pytest.approx(1 - res.value("auc_forget_holdout"))
+    rows = {r["split"]: [] for r in res.rows}
+    for r in res.rows:
+        rows[r["split"]].append(r)
+    assert doc["mia_min_k"]["agg_value"] == pytest.approx(
+        METRICS.get("mia_auc")([r["min_k_community"] for r in rows["privleak_forget"]],
+                               [r["min_k_community"] for r in rows["privleak_holdout"]]))
+    auc = doc["mia_min_k"]["auc"]
+    assert doc["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / (0.5 + 1e-10) * 100)  # ref_value 0.5
+    summary = json.loads((out / "MUSE_SUMMARY.json").read_text())
+    assert set(summary) <= set(DEFAULT_METRICS["MUSE"]) and {"privleak", "forget_verbmem_ROUGE"} <= set(summary)
+    first_input = doc["forget_knowmem_ROUGE"]["value_by_index"]["0"]["input"]
+    assert first_input.endswith("Question: Who wrote the book?\nAnswer: "), first_input  # the clipped prompt
     again = evaluate(tiny_lm, benchmark="muse-news", data=str(tmp_path / "muse"), out_dir=out, batch_size=4,
                      max_prompt_tokens=16, retain_log=str(out), progress=False)
     assert again.rows == res.rows and again.meta["reference"].startswith("retain log")

@@ -20,6 +20,8 @@ def eval_command(
     forget_split: str = typer.Option("forget10", help="TOFU forget split: forget01 | forget05 | forget10"),
     retain_model: Optional[str] = typer.Option(None, help="retain model evaluated now as forget-quality reference"),
     retain_log: Optional[str] = typer.Option(None, help="retain log: TOFU_EVAL.json, eval.json or run directory"),
+    reference_model: Optional[str] = typer.Option(None, help="tofu: reference model of mia_reference (target minus "
+                                                            "reference loss), loaded like --retain-model"),
     data: Optional[str] = typer.Option(None, help="mcq/ppl data: file, 'tofu:<split>' or hub id; muse-news: folder"),
     split: Optional[str] = typer.Option(None, help="split of --data (TOFU dir / hub dataset)"),
     template: str = typer.Option("auto", help="prompt template: auto | plain | chat | llama2 | raw"),
@@ -45,9 +47,10 @@ def eval_command(
     load = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     model_ = load_model_for(model, [], **load)
     retain_ = load_model_for(retain_model, [], **load) if retain_model is not None else None
+    reference_ = load_model_for(reference_model, [], **load) if reference_model is not None else None
     result = evaluate(model_, benchmark=benchmark, out_dir=out, forget_split=forget_split, data=data, split=split,
-                      retain_model=retain_, retain_log=retain_log, template=template, batch_size=batch_size,
-                      encoding=encoding,
+                      retain_model=retain_, retain_log=retain_log, reference_model=reference_,
+                      template=template, batch_size=batch_size, encoding=encoding,
                       max_length=max_length, max_new_tokens=max_new_tokens, skip_generation=skip_generation,
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
                       tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,

@@ -3,12 +3,19 @@
 Format, as open-unlearning's ``Evaluator`` writes it (``src/evals/base.py``; metrics in ``src/evals/metrics``):
 
 - ``<BENCH>_EVAL.json`` (e.g. ``TOFU_EVAL.json``): ``{metric: {"agg_value": float | null, "value_by_index":
-  {"<index>": {"<field>": value, ...}}}}``, metric names sorted. ``<index>`` is the sample's 0-based row in the
-  evaluated Hugging Face split (``add_dataset_index``), written as a string by ``json``. The per-sample field is
-  ``"score"`` for truth ratios, ES, EM and MIA scores, ``"prob"`` (with ``"avg_loss"``) for probabilities and
-  ``"rougeL_recall"`` / ``"rougeL_f1"`` for ROUGE. Metrics without per-sample values (``forget_quality``,
-  ``model_utility``, ``privleak``) hold only ``agg_value``.
-- ``<BENCH>_SUMMARY.json``: ``{metric: agg_value}`` for every metric whose ``agg_value`` is not null, sorted.
+  {"<index>": {"<field>": value, ...}}}}``, metric names sorted. It holds every metric computed, the
+  pre-computes of the configured ones included (e.g. ``forget_Q_A_PARA_Prob`` under ``forget_truth_ratio``).
+  ``<index>`` is the sample's 0-based row in the evaluated Hugging Face split (``add_dataset_index``), written as
+  a string by ``json``. The per-sample fields: ``"score"`` for truth ratios, ES, EM and MIA scores, ``"prob"``
+  (with ``"avg_loss"``) for probabilities, and for ROUGE the whole ``eval_text_similarity`` dict
+  (:func:`rouge_entry`). A metric over a list of answers (TOFU's perturbed answers) holds one list per field
+  (``run_batchwise_evals`` -> ``dict_transpose``). Metrics without per-sample values (``forget_quality``,
+  ``model_utility``, ``privleak``) hold only ``agg_value``, null when not computable (no retain log).
+  MIA metrics hold ``forget`` / ``holdout`` blocks of per-sample scores, ``auc`` and ``agg_value``
+  (:func:`attack_entry`).
+- ``<BENCH>_SUMMARY.json``: ``{metric: agg_value}`` for the CONFIGURED metrics (:data:`DEFAULT_METRICS`, the
+  default lists of ``configs/eval/tofu.yaml`` / ``muse.yaml``) whose ``agg_value`` is not null, sorted
+  (``Evaluator.summarize``). Both files: ``json.dump(..., indent=4)``, no trailing newline.
 
 The forget-quality reference is a retain model's ``forget_truth_ratio`` per-sample scores
 (``configs/eval/tofu_metrics/forget_quality.yaml``: ``reference_logs.retain_model_logs.include.forget_truth_ratio``).
@@ -18,12 +25,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mrdkit.errors import MrdkitError
 from mrdkit.runs import atomic_write_text, dumps, read_json
 
 FORGET_TRUTH_RATIO = "forget_truth_ratio"
+#: The 1e-10 open-unlearning adds in ``truth_ratio``, ``closer_to_1_better``, ``probability_w_options`` and
+#: ``privleak``: the community files are computed with it, mrdkit's own ``eval.json`` without.
+OU_EPS = 1e-10
+#: The metrics open-unlearning's default eval configs list (``configs/eval/tofu.yaml``, ``configs/eval/muse.yaml``):
+#: the only ones ``<BENCH>_SUMMARY.json`` holds.
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "TOFU": ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
+             "privleak", "extraction_strength"),
+    "MUSE": ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "forget_verbmem_ROUGE", "privleak",
+             "extraction_strength"),
+}
 
 
 def value_field(metric: str) -> str:
@@ -85,23 +103,61 @@ def to_community(
     return doc
 
 
-def summarize(eval_doc: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """``<BENCH>_SUMMARY.json``: ``{metric: agg_value}`` for non-null ``agg_value`` (as ``Evaluator.summarize``)."""
-    return {m: r["agg_value"] for m, r in sorted(eval_doc.items()) if r.get("agg_value") is not None}
+def summarize(eval_doc: Mapping[str, Mapping[str, Any]], configured: Sequence[str] | None = None
+              ) -> dict[str, float]:
+    """``<BENCH>_SUMMARY.json``: ``{metric: agg_value}`` for non-null ``agg_value``, sorted; only the
+    ``configured`` metrics when given (``Evaluator.summarize`` skips every name not in its metric config)."""
+    keep = set(eval_doc) if configured is None else set(configured)
+    return {m: r["agg_value"] for m, r in sorted(eval_doc.items()) if m in keep and r.get("agg_value") is not None}
 
 
 def write_community(out_dir: str | Path, eval_doc: Mapping[str, Mapping[str, Any]], *, benchmark: str = "TOFU"
                     ) -> tuple[Path, Path]:
-    """Atomically write ``<benchmark>_EVAL.json`` and ``<benchmark>_SUMMARY.json`` (indent 4, as open-unlearning).
+    """Atomically write ``<benchmark>_EVAL.json`` (every metric) and ``<benchmark>_SUMMARY.json`` (the
+    :data:`DEFAULT_METRICS` of ``benchmark``; every metric for another benchmark name), as open-unlearning's
+    ``Evaluator.save_logs`` does: keys sorted, ``indent=4``, no trailing newline.
 
     Returns:
         (eval path, summary path).
     """
     out = Path(out_dir)
     eval_path, summary_path = out / f"{benchmark}_EVAL.json", out / f"{benchmark}_SUMMARY.json"
-    atomic_write_text(eval_path, dumps(dict(sorted(eval_doc.items())), indent=4) + "\n")
-    atomic_write_text(summary_path, dumps(summarize(eval_doc), indent=4) + "\n")
+    atomic_write_text(eval_path, dumps(dict(sorted(eval_doc.items())), indent=4))
+    atomic_write_text(summary_path, dumps(summarize(eval_doc, DEFAULT_METRICS.get(benchmark)), indent=4))
     return eval_path, summary_path
+
+
+def rouge_entry(input_text: str, ground_truth: str, generation: str) -> dict[str, Any]:
+    """One sample's ROUGE entry as open-unlearning's ``eval_text_similarity`` writes it: ``rouge1_recall``,
+    ``rougeL_f1``, ``rougeL_recall`` (:func:`mrdkit.evaluation.metrics.text_similarity`, stemmed), then ``input``
+    (the decoded prompt), ``ground_truth`` and ``generation`` (both stripped, as it strips them)."""
+    from mrdkit.evaluation.metrics import text_similarity
+
+    truth, gen = ground_truth.strip(), generation.strip()
+    return {**text_similarity(gen, truth), "input": input_text, "ground_truth": truth, "generation": gen}
+
+
+def _attack_block(scores: Mapping[int, float]) -> dict[str, Any]:
+    """One split's attack output: mean score and ``{"<index>": {"score": s}}`` (``Attack.attack``)."""
+    import numpy as np
+
+    return {"agg_value": float(np.mean([float(v) for v in scores.values()])),
+            "value_by_index": {str(i): {"score": float(scores[i])} for i in sorted(scores)}}
+
+
+def attack_entry(forget: Mapping[int, float], holdout: Mapping[int, float]) -> dict[str, Any]:
+    """open-unlearning's ``mia_*`` entry (``evals/metrics/mia/utils.py``, ``mia_auc``) from per-index scores in ITS
+    convention (loss-like: higher = less member-like, i.e. minus mrdkit's membership scores).
+
+    ``auc = roc_auc_score(labels, scores)`` with forget labelled 0 and holdout 1, which is
+    :func:`~mrdkit.evaluation.metrics.mia_auc` with the holdout scores as the positive class; it equals mrdkit's
+    member-convention ``mia_auc(-forget, -holdout)`` in ``eval.json``. Keys in its order: ``forget``, ``holdout``,
+    ``auc``, ``agg_value`` (= auc).
+    """
+    from mrdkit.evaluation.metrics import mia_auc
+
+    auc = mia_auc(list(holdout.values()), list(forget.values()))
+    return {"forget": _attack_block(forget), "holdout": _attack_block(holdout), "auc": auc, "agg_value": auc}
 
 
 def _index_key(key: str) -> tuple[int, Any]:

@@ -62,7 +62,8 @@ def truth_ratio(correct_mean_nll: Any, wrong_mean_nlls: Sequence[float], *, eps:
     As open-unlearning ``truth_ratio`` does, the perturbed answers are averaged in NLL space (a geometric mean
     of their probabilities), and several correct answers (paraphrases) likewise. TOFU's ``aggregate_eval_stat.py``
     stores the reciprocal, ``exp(L_pert - L_para) = 1/TR``. ``eps=1e-10`` reproduces open-unlearning's
-    ``wrong_prob / (correct_prob + 1e-10)`` bit for bit; the default 0 is the exact ratio, computed in log space.
+    ``wrong_prob / (correct_prob + 1e-10)`` bit for bit (what ``TOFU_EVAL.json`` holds); the default 0 is the
+    exact ratio, computed in log space (what mrdkit's ``eval.json`` holds).
     """
     wrong = _arr(wrong_mean_nlls).ravel()
     if wrong.size == 0:
@@ -74,8 +75,8 @@ def truth_ratio(correct_mean_nll: Any, wrong_mean_nlls: Sequence[float], *, eps:
 def truth_ratio_forget_agg(trs: Sequence[float], *, eps: float = 0.0) -> float:
     """Forget-split aggregate ``mean_i min(TR_i, 1/TR_i)`` in [0, 1]; 1 = true and false answers equally likely.
 
-    open-unlearning aggregator ``closer_to_1_better`` (it uses ``1/(TR + 1e-10)``; pass ``eps=1e-10`` to match);
-    TOFU ``mean(minimum(s, 1/s))`` with ``s = 1/TR`` is the same number.
+    open-unlearning aggregator ``closer_to_1_better`` (it uses ``1/(TR + 1e-10)``; ``eps=1e-10`` matches it, as
+    ``TOFU_EVAL.json`` does; ``eval.json`` uses 0); TOFU ``mean(minimum(s, 1/s))`` with ``s = 1/TR`` is the same.
     """
     tr = _arr(trs)
     return _nanmean(np.minimum(tr, 1.0 / (tr + eps)), "truth_ratio_forget")
@@ -123,7 +124,8 @@ def model_utility(values: Mapping[str, float]) -> float:
 
 def normalised_probability(p_true: float, p_wrongs: Sequence[float], *, eps: float = 0.0) -> float:
     """``P_true / (P_true + sum_j P_wrong_j)`` over length-normalised probabilities (TOFU real authors / world
-    facts). open-unlearning ``probability_w_options`` adds 1e-10 to the denominator (``eps=1e-10`` to match)."""
+    facts). open-unlearning ``probability_w_options`` adds 1e-10 to the denominator (``eps=1e-10`` to match, as
+    ``TOFU_EVAL.json`` does; ``eval.json`` uses 0)."""
     p = float(p_true)
     return p / (p + float(_arr(p_wrongs).sum()) + eps)
 
@@ -161,12 +163,12 @@ def mean_probability(mean_logprobs: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------- ROUGE, privacy, MCQ, perplexity
 
 
-@functools.lru_cache(maxsize=2)
-def _rouge_scorer(use_stemmer: bool) -> Any:
-    """One cached ``RougeScorer(["rougeL"])`` per stemming choice (building one loads the tokenizer rules)."""
+@functools.lru_cache(maxsize=4)
+def _rouge_scorer(use_stemmer: bool, types: tuple[str, ...] = ("rougeL",)) -> Any:
+    """One cached ``RougeScorer(types)`` per stemming choice (building one loads the tokenizer rules)."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    return rouge_scorer.RougeScorer(list(types), use_stemmer=use_stemmer)
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
@@ -179,6 +181,16 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
     """MUSE ROUGE-L F1, ``RougeScorer(["rougeL"], use_stemmer=False)``, ``score(reference, prediction)``,
     ``fmeasure`` (MUSE ``verbmem/get_rouge.py``, ``knowmem/get_rouge_qa.py``)."""
     return float(_rouge_scorer(False).score(reference, prediction)["rougeL"].fmeasure)
+
+
+def text_similarity(generation: str, ground_truth: str) -> dict[str, float]:
+    """open-unlearning's per-sample ROUGE fields (``evals/metrics/utils.py``, ``eval_text_similarity``):
+    ``RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(ground_truth, generation)`` ->
+    ``{"rouge1_recall", "rougeL_f1", "rougeL_recall"}``. Its TOFU metrics aggregate ``rougeL_recall``, its MUSE
+    metrics ``rougeL_f1`` (stemmed, unlike MUSE's own :func:`rouge_l_f1`)."""
+    scores = _rouge_scorer(True, ("rouge1", "rougeL")).score(ground_truth, generation)
+    return {"rouge1_recall": float(scores["rouge1"].recall), "rougeL_f1": float(scores["rougeL"].fmeasure),
+            "rougeL_recall": float(scores["rougeL"].recall)}
 
 
 def _pairs(predictions: Sequence[str], references: Sequence[str]) -> list[tuple[str, str]]:
@@ -201,8 +213,11 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
     """ROC-AUC of member (e.g. forget) vs non-member (e.g. holdout) samples, ``sklearn.metrics.roc_auc_score``.
 
     Convention: scores are "higher = more member-like" (:mod:`mrdkit.membership`: ``min_k_logprob``,
-    ``zlib_ratio``, or minus the loss); AUC 1 = members perfectly detected, 0.5 = chance. This equals
-    open-unlearning's ``mia_*`` AUC, which labels forget 0 / holdout 1 but scores with loss-like values.
+    ``min_k_plus_plus``, ``zlib_ratio``, or minus the loss / gradient norm); AUC 1 = members perfectly detected,
+    0.5 = chance. This is the number and the score sign of mrdkit's ``eval.json``. It equals open-unlearning's
+    ``mia_*`` AUC (``evals/metrics/mia/utils.py``), which labels forget 0 / holdout 1 and scores with loss-like
+    values ``-s``: ``roc_auc_score([0]*F + [1]*H, -s_forget + -s_holdout) = mia_auc(s_forget, s_holdout)``. The
+    community files store those ``-s`` (:func:`mrdkit.evaluation.community.attack_entry`).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -213,15 +228,17 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
     return float(roc_auc_score(labels, np.r_[m, h]))
 
 
-def privacy_leakage(auc_unlearned: float, auc_retain: float) -> float:
-    """open-unlearning ``privleak``: ``((1 - AUC_u) - (1 - AUC_r)) / (1 - AUC_r) * 100`` with member-convention
-    AUCs from :func:`mia_auc` (TOFU: Min-K% k=0.4, forget vs holdout; AUC_r from the retain model, 0.5 when
-    unknown). ``1 - AUC`` is MUSE's AUC, so this is MUSE's PrivLeak. 0 = ideal, negative = forget set still
-    detectable (under-unlearning), positive = over-unlearning. open-unlearning adds 1e-10 to the denominator."""
+def privacy_leakage(auc_unlearned: float, auc_retain: float, *, eps: float = 0.0) -> float:
+    """open-unlearning ``privleak``: ``((1 - AUC_u) - (1 - AUC_r)) / ((1 - AUC_r) + eps) * 100`` with
+    member-convention AUCs from :func:`mia_auc` (TOFU: Min-K% k=0.4, forget vs holdout; AUC_r from the retain
+    model, 0.5 when unknown). ``1 - AUC`` is MUSE's AUC, so this is MUSE's PrivLeak. 0 = ideal, negative = forget
+    set still detectable (under-unlearning), positive = over-unlearning. open-unlearning adds ``eps = 1e-10`` to
+    the denominator (``evals/metrics/privacy.py``; pass it for the community files); with the default 0 an
+    ``AUC_r`` of 1 is an error instead of a number of order 1e12."""
     ref = 1.0 - float(auc_retain)
-    if ref == 0:
+    if ref + eps == 0:
         raise MrdkitError("privacy_leakage is undefined for a retain-model AUC of 1")
-    return ((1.0 - float(auc_unlearned)) - ref) / ref * 100.0
+    return ((1.0 - float(auc_unlearned)) - ref) / (ref + eps) * 100.0
 
 
 def relative_difference(value: float, reference: float) -> float:

@@ -15,6 +15,17 @@ ROUGE-L F1 is :func:`mrdkit.evaluation.metrics.rouge_l_f1` (``use_stemmer=False`
   ``PrivLeak = (AUC - AUC_retrain) / AUC_retrain * 100`` with ``AUC_retrain`` from a retain model, else MUSE-News's
   constant 0.4772.
 - **Perplexity** of the held-out windows: ``exp(sum NLL / sum n)`` over the same scoring pass.
+- **Extraction strength** (not a MUSE metric; open-unlearning's MUSE default, ``muse_metrics/extraction_strength
+  .yaml`` on the VerbMem forget items): the prompt then ``" " + gt`` teacher-forced (its ``CompletionDataset`` with
+  ``insert_space=True``, no EOS), labels on the gt tokens; ES over them without the last label (its
+  ``tokenwise_vocab_logprobs`` drops it), :func:`mrdkit.evaluation.metrics.extraction_strength` with its loop.
+
+Two files, two conventions. ``eval.json`` follows MUSE (the numbers above). ``MUSE_EVAL.json`` /
+``MUSE_SUMMARY.json`` follow open-unlearning (:func:`community`): ROUGE by its ``eval_text_similarity`` (stemmed,
+``rougeL_f1`` aggregated on a 0-1 scale, against the whole ``gt`` rather than its first 128 tokens); ``mia_min_k``
+without the last token of each window, AUC with forget 0 / holdout 1 on loss-like scores; ``privleak =
+((1 - AUC) - (1 - AUC_r)) / ((1 - AUC_r) + 1e-10) * 100`` with ``AUC_r`` the retain model's ``mia_min_k`` AUC or
+its ``ref_value`` 0.5 (not MUSE's 0.4772); the summary holds its default metric set.
 
 Small models: a prompt longer than ``max_prompt_tokens`` (or than the position limit minus the new tokens) keeps
 its LAST tokens (after the BOS, if any); windows longer than ``max_length`` (default: the position limit) are cut on
@@ -30,11 +41,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mrdkit.data import Sample, encode_samples, pad_id, read_records, records_to_samples
+from mrdkit.data import EncodedSample, Sample, encode_samples, pad_id, read_records, records_to_samples
 from mrdkit.errors import MrdkitError
 from mrdkit.evaluation.answers import score_encoded
 from mrdkit.evaluation.generation import generate_batch, prompt_ids
-from mrdkit.evaluation.metrics import muse_auc, perplexity, rouge_l_f1
+from mrdkit.evaluation.metrics import extraction_strength, mia_auc, muse_auc, perplexity, rouge_l_f1
 from mrdkit.membership import min_k_logprob
 from mrdkit.models import context_length, resolve_model
 
@@ -46,7 +57,11 @@ FILES = {"verbmem_forget": ("verbmem/forget.json", None),
          "knowmem_forget": ("knowmem/forget_qa.json", "knowmem/forget_qa_icl.json"),
          "knowmem_retain": ("knowmem/retain2_qa.json", "knowmem/retain2_qa_icl.json"),
          "privleak_forget": ("privleak/forget.json", None), "privleak_holdout": ("privleak/holdout.json", None)}
-COLUMNS = {"verbmem": ["rougeL_f1"], "knowmem": ["rougeL_f1"], "privleak": ["min_k", "nll_sum"]}
+COLUMNS = {"verbmem": ["rougeL_f1", "input", "extraction_strength"], "knowmem": ["rougeL_f1", "input"],
+           "privleak": ["min_k", "min_k_community", "nll_sum"]}
+# eval.json label -> open-unlearning metric name
+COMMUNITY_ROUGE = {"verbmem_forget": "forget_verbmem_ROUGE", "knowmem_forget": "forget_knowmem_ROUGE",
+                   "knowmem_retain": "retain_knowmem_ROUGE"}
 
 
 @dataclass
@@ -140,18 +155,44 @@ def _prompts(model: Any, tokenizer: Any, samples: Sequence[Sample], new_tokens: 
     return [clip_prompt(r, keep, bos) for r in rows], [len(r) for r in rows]
 
 
-def _rouge_rows(samples, rows, full, gens, refs) -> dict[str, dict[str, Any]]:
-    return {s.id: {"generation": g, "reference": ref, "rougeL_f1": rouge_l_f1(g, ref), "prompt_tokens": len(r),
-                   "prompt_cut": len(r) < n} for s, r, n, g, ref in zip(samples, rows, full, gens, refs)}
+def _rouge_rows(tokenizer, samples, rows, full, gens, refs) -> dict[str, dict[str, Any]]:
+    """Per item: generation, MUSE reference, ROUGE-L F1, the prompt given (decoded as open-unlearning writes its
+    ``input``) and whether it was clipped."""
+    return {s.id: {"generation": g, "reference": ref, "rougeL_f1": rouge_l_f1(g, ref),
+                   "input": tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=True),
+                   "prompt_tokens": len(r), "prompt_cut": len(r) < n}
+            for s, r, n, g, ref in zip(samples, rows, full, gens, refs)}
+
+
+def completion_extraction(model: Any, tokenizer: Any, samples: Sequence[Sample], rows: Sequence[Sequence[int]],
+                          batch_size: int = 8) -> dict[str, float]:
+    """``{id: extraction strength}`` of ``" " + sample.answer`` teacher-forced after the prompt ids ``rows``.
+
+    The encoded sequence is assembled here rather than by :func:`mrdkit.data.encode_samples` because the prompt is
+    already token ids (clipped like the generation prompt); as there, prompt and answer are tokenized separately.
+    No EOS (open-unlearning's completion data has none); the last label is dropped as its ES does, and its loop is
+    used (:func:`~mrdkit.evaluation.metrics.extraction_strength`, ``open_unlearning_compat``). Cut at the
+    position limit; an item with no answer token left gets NaN.
+    """
+    length = context_length(model) or 10**9
+    answers = [list(a) for a in tokenizer([" " + s.answer for s in samples], add_special_tokens=False)["input_ids"]]
+    encoded = [EncodedSample(s.id, (list(r) + a)[:length], ([-100] * len(r) + a)[:length], len(r) + len(a) > length)
+               for s, r, a in zip(samples, rows, answers)]
+    scores = score_encoded(model, encoded, pad_id(tokenizer), batch_size)
+    return {sc.id: extraction_strength(sc.token_correct[:-1], open_unlearning_compat=True) for sc in scores}
 
 
 def verbmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], *, max_new_tokens: int = VERBMEM_NEW_TOKENS,
                  max_prompt_tokens: Optional[int] = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
-    """Per item: continuation of ``sample.prompt``, truncated ``sample.answer`` (gt) and their ROUGE-L F1."""
+    """Per item: continuation of ``sample.prompt``, truncated ``sample.answer`` (gt) and their ROUGE-L F1, and the
+    extraction strength of the gt after the same prompt (:func:`completion_extraction`)."""
     rows, full = _prompts(model, tokenizer, samples, max_new_tokens, max_prompt_tokens)
     gens = generate_rows(model, tokenizer, rows, max_new_tokens, batch_size)
     refs = [verbmem_reference(s.answer, tokenizer, max_new_tokens) for s in samples]
-    return _rouge_rows(samples, rows, full, gens, refs)
+    out = _rouge_rows(tokenizer, samples, rows, full, gens, refs)
+    for sid, es in completion_extraction(model, tokenizer, samples, rows, batch_size).items():
+        out[sid]["extraction_strength"] = es
+    return out
 
 
 def knowmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], icl: Sequence[Sample], *,
@@ -162,21 +203,24 @@ def knowmem_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], icl: Seq
     prompted = [s.replace(prompt=knowmem_prompt(pairs, s.prompt)) for s in samples]
     rows, full = _prompts(model, tokenizer, prompted, max_new_tokens, max_prompt_tokens)
     gens = [cut_answer(g) for g in generate_rows(model, tokenizer, rows, max_new_tokens, batch_size)]
-    return _rouge_rows(samples, rows, full, gens, [s.answer for s in samples])
+    return _rouge_rows(tokenizer, samples, rows, full, gens, [s.answer for s in samples])
 
 
 def membership_rows(model: Any, tokenizer: Any, samples: Sequence[Sample], *, k: float = MIN_K,
                     max_length: Optional[int] = None, batch_size: int = 8) -> dict[str, dict[str, Any]]:
-    """Per text: Min-k% membership score (higher = member), summed NLL and token count (start token, no EOS)."""
+    """Per text: Min-k% membership score (higher = member) over every token and, for the community file, without
+    the last token (``min_k_community``: open-unlearning's ``tokenwise_logprobs`` drops the last label); summed NLL
+    and token count (start token, no EOS)."""
     length = max_length or context_length(model) or 10**9
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation is recorded per row instead
         encoded = encode_samples([s.replace(kind="text", prompt="", answer=s.text) for s in samples], tokenizer,
                                  token_set="all", max_length=length, add_eos=False)
     scores = score_encoded(model, encoded, pad_id(tokenizer), batch_size)
-    return {e.id: {"min_k": min_k_logprob(torch.tensor(sc.token_logprobs, dtype=torch.float64), k),
+    values = [torch.tensor(sc.token_logprobs, dtype=torch.float64) for sc in scores]
+    return {e.id: {"min_k": min_k_logprob(v, k), "min_k_community": min_k_logprob(v[:-1] if v.numel() > 1 else v, k),
                    "nll_sum": -sc.sum_logprob, "n_tokens": sc.n_tokens, "truncated": e.truncated}
-            for e, sc in zip(encoded, scores)}
+            for e, sc, v in zip(encoded, scores, values)}
 
 
 
@@ -203,7 +247,16 @@ def aggregate(rows: dict[str, dict[str, dict[str, Any]]], auc_retrain: float) ->
         r = list(rows[f"privleak_{split}"].values())
         out[f"perplexity_{split}"] = entry(perplexity([x["nll_sum"] for x in r], [x["n_tokens"] for x in r]),
                                            False if split == "holdout" else None, len(r))
+    es = _extraction(rows)
+    if es:
+        out["extraction_strength"] = entry(sum(es.values()) / len(es), False, len(es))
     return out
+
+
+def _extraction(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """``{id: ES}`` of the VerbMem forget items that have one (NaN: no gt token fitted)."""
+    return {sid: r["extraction_strength"] for sid, r in rows["verbmem_forget"].items()
+            if r.get("extraction_strength") is not None and r["extraction_strength"] == r["extraction_strength"]}
 
 
 def notes(rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -220,18 +273,45 @@ def notes(rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
-def community(rows: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``MUSE_EVAL.json`` in open-unlearning's shape (ROUGE on a 0-1 scale, ``rougeL_f1`` per index)."""
-    from mrdkit.evaluation.community import to_community
+def _index(sample_id: str) -> int:
+    """The community index of a MUSE item: its row in the file (ids are ``muse_<label>:<row>``)."""
+    return int(sample_id.rsplit(":", 1)[1])
 
-    names = {"verbmem_forget": "forget_verbmem_ROUGE", "knowmem_forget": "forget_knowmem_ROUGE",
-             "knowmem_retain": "retain_knowmem_ROUGE"}
-    per = {names[k]: {sid: {"rougeL_f1": r["rougeL_f1"], "generation": r["generation"]}
-                      for sid, r in rows[k].items()} for k in names}
-    aggs = {names[k]: metrics[k]["value"] / 100.0 for k in names}
-    aggs.update(privleak=metrics["privleak"]["value"], mia_min_k=1.0 - metrics["auc_forget_holdout"]["value"])
-    index_of = {sid: int(sid.rsplit(":", 1)[1]) for by_id in rows.values() for sid in by_id}
-    return to_community(per, aggs, index_of)
+
+def _attack(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """open-unlearning's ``mia_min_k`` entry from the ``min_k_community`` scores, negated to its loss-like sign."""
+    from mrdkit.evaluation.community import attack_entry
+
+    forget, holdout = ({_index(sid): -r["min_k_community"] for sid, r in rows[f"privleak_{split}"].items()}
+                       for split in ("forget", "holdout"))
+    return attack_entry(forget, holdout)
+
+
+def community(rows: dict[str, dict[str, dict[str, Any]]], data: dict[str, list[Sample]],
+              ref_auc: Optional[float] = None) -> dict[str, Any]:
+    """``MUSE_EVAL.json`` by open-unlearning's conventions (module docstring), not MUSE's: per index its
+    ``eval_text_similarity`` entry (stemmed ROUGE against the whole gt / answer, ``rougeL_f1`` aggregated, 0-1),
+    extraction strength, ``mia_min_k`` and ``privleak`` against ``ref_auc`` (the retain model's ``mia_min_k`` AUC,
+    default open-unlearning's ``ref_value`` 0.5)."""
+    import numpy as np
+
+    from mrdkit.evaluation.community import OU_EPS, rouge_entry, to_community
+    from mrdkit.evaluation.metrics import privacy_leakage
+
+    truth = {label: {s.id: s.answer for s in samples} for label, samples in data.items()}
+    per: dict[str, dict[str, Any]] = {
+        name: {sid: rouge_entry(r["input"], truth[label][sid], r["generation"]) for sid, r in rows[label].items()}
+        for label, name in COMMUNITY_ROUGE.items()}
+    aggs: dict[str, Any] = {name: float(np.mean([e["rougeL_f1"] for e in per[name].values()])) for name in per}
+    es = _extraction(rows)
+    if es:
+        per["extraction_strength"] = es
+        aggs["extraction_strength"] = float(np.mean(list(es.values())))
+    doc = to_community(per, aggs, {sid: _index(sid) for by_id in rows.values() for sid in by_id})
+    doc["mia_min_k"] = _attack(rows)
+    ref = 0.5 if ref_auc is None else ref_auc
+    doc["privleak"] = {"agg_value": privacy_leakage(doc["mia_min_k"]["auc"], ref, eps=OU_EPS)}
+    return doc
 
 
 def run_task(model: Any, tokenizer: Any, label: str, samples: Sequence[Sample], cfg: MuseConfig) -> dict:
@@ -245,23 +325,39 @@ def run_task(model: Any, tokenizer: Any, label: str, samples: Sequence[Sample], 
     return membership_rows(model, tokenizer, samples, max_length=cfg.max_length, **common)
 
 
-def retain_reference(retain: Any, cfg: MuseConfig) -> tuple[float, str]:
-    """``(AUC_retrain, source)``: from a retain ``(model, tokenizer, spec)`` (its forget-vs-holdout Min-40% AUC), a
-    retain log (an ``eval.json`` or run directory of this suite), else MUSE-News's constant."""
-    if retain is None:
-        return cfg.auc_retrain, f"MUSE-News AUC_retrain constant {cfg.auc_retrain}"
-    if isinstance(retain, (str, Path)):
-        from mrdkit.runs import read_json
+def _community_auc(rows: dict[str, dict[str, dict[str, Any]]]) -> float:
+    """open-unlearning's ``mia_min_k`` AUC (= member-convention AUC) from the ``min_k_community`` scores."""
+    return mia_auc([r["min_k_community"] for r in rows["privleak_forget"].values()],
+                   [r["min_k_community"] for r in rows["privleak_holdout"].values()])
 
-        path = Path(retain) / "eval.json" if Path(retain).is_dir() else Path(retain)
-        entry = read_json(path).get("metrics", {}).get("auc_forget_holdout")
-        if not entry:
-            raise MrdkitError(f"{path}: no 'auc_forget_holdout' metric (not a muse-news eval.json)")
-        return float(entry["value"]), f"retain log {path}"
+
+def _reference_from_log(retain: str | Path) -> tuple[float, float, str]:
+    """``(AUC_retrain, mia_min_k AUC, source)`` from a retain run: its ``eval.json`` (MUSE's AUC) and, when it
+    sits beside it, its ``MUSE_EVAL.json`` (open-unlearning's AUC; else ``1 - AUC_retrain``, every token)."""
+    from mrdkit.runs import read_json
+
+    path = Path(retain) / "eval.json" if Path(retain).is_dir() else Path(retain)
+    entry = read_json(path).get("metrics", {}).get("auc_forget_holdout")
+    if not entry:
+        raise MrdkitError(f"{path}: no 'auc_forget_holdout' metric (not a muse-news eval.json)")
+    auc = float(entry["value"])
+    sibling = path.parent / "MUSE_EVAL.json"
+    ou = read_json(sibling).get("mia_min_k", {}).get("agg_value") if sibling.is_file() else None
+    return auc, 1.0 - auc if ou is None else float(ou), f"retain log {path}"
+
+
+def retain_reference(retain: Any, cfg: MuseConfig) -> tuple[float, Optional[float], str]:
+    """``(AUC_retrain, community AUC, source)``: from a retain ``(model, tokenizer, spec)`` (its forget-vs-holdout
+    Min-40% AUCs), a retain log (an ``eval.json`` or run directory of this suite), else MUSE-News's constant and no
+    community AUC (``MUSE_EVAL.json`` then uses open-unlearning's 0.5)."""
+    if retain is None:
+        return cfg.auc_retrain, None, f"MUSE-News AUC_retrain constant {cfg.auc_retrain}"
+    if isinstance(retain, (str, Path)):
+        return _reference_from_log(retain)
     model, tok, spec = retain
     rows = {lab: membership_rows(model, tok, load_split(lab, cfg), max_length=cfg.max_length,
                                  batch_size=cfg.batch_size) for lab in ("privleak_forget", "privleak_holdout")}
-    return privleak_auc(rows), f"retain model {spec or '(in memory)'}"
+    return privleak_auc(rows), _community_auc(rows), f"retain model {spec or '(in memory)'}"
 
 
 def run_muse(model: Any, tokenizer: Any, store: Any, cfg: MuseConfig, *, retain: Any = None,
@@ -278,10 +374,10 @@ def run_muse(model: Any, tokenizer: Any, store: Any, cfg: MuseConfig, *, retain:
                 store.merge(label, ids, run_task(model, tokenizer, label, samples, cfg))
                 update(len(samples), len(samples))
     rows = {label: {s.id: store.rows[(label, s.id)] for s in samples} for label, samples in data.items()}
-    auc_retrain, source = retain_reference(retain, cfg)
+    auc_retrain, community_auc, source = retain_reference(retain, cfg)
     metrics = aggregate(rows, auc_retrain)
     metrics["privleak"]["auc_retrain"] = auc_retrain
-    return data, metrics, notes(rows), community(rows, metrics), source
+    return data, metrics, notes(rows), community(rows, data, community_auc), source
 
 
 def run_from_options(model: Any, tok: Any, store: Any, opts: dict, retain_model: Any, retain_log: Any,

@@ -6,8 +6,10 @@ Outputs (house rule 7; open-unlearning's ``Evaluator`` for the community files):
   also keeps its per-sample values, so this file can serve as a retain log (forget-quality reference).
 - ``eval_samples.jsonl``: one row per (split, sample): ``{id, split, index, <columns>}``; ``index`` is the row
   in the evaluated split (the community index).
-- TOFU only: ``TOFU_EVAL.json`` / ``TOFU_SUMMARY.json`` (``agg_value`` + ``value_by_index``); MUSE-News
-  (:mod:`mrdkit.evaluation.muse`): ``MUSE_EVAL.json`` / ``MUSE_SUMMARY.json``.
+- TOFU: ``TOFU_EVAL.json`` (every metric) / ``TOFU_SUMMARY.json`` (open-unlearning's 7 default metrics); MUSE-News
+  (:mod:`mrdkit.evaluation.muse`): ``MUSE_EVAL.json`` / ``MUSE_SUMMARY.json``. These follow open-unlearning's
+  formulas and conventions (:func:`mrdkit.evaluation.tofu.community`, :func:`mrdkit.evaluation.muse.community`);
+  ``eval.json`` follows mrdkit's (exact truth ratios) and, for MUSE-News, MUSE's own.
 
 Skipping: a task (one model pass over one split) whose columns are already in ``eval_samples.jsonl`` for every
 sample is not run again unless ``overwrite``; aggregates and derived metrics are always recomputed from the rows
@@ -35,7 +37,7 @@ BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
 
 # options that change the numbers; a run directory made with other values is refused without overwrite
 IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
-            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding")
+            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding", "reference_model")
 
 
 class RowStore:
@@ -105,7 +107,7 @@ class EvalResult:
         metrics: ``{name: {"value", "higher_is_better", "n"}}``.
         rows: per-sample rows ``{id, split, index, ...}``.
         meta: run description, notes on omitted metrics, the forget-quality reference.
-        community: the ``TOFU_EVAL.json`` document (TOFU only).
+        community: the ``TOFU_EVAL.json`` / ``MUSE_EVAL.json`` document (TOFU, MUSE-News).
         out_dir: the run directory, when one was written.
     """
 
@@ -162,34 +164,38 @@ def reference_from_log(path: str | Path) -> Reference:
 
 
 def _run_tofu(model: Any, tok: Any, cfg: TofuConfig, store: RowStore, skip_generation: bool,
-              progress: bool | None) -> dict[str, list]:
-    """Run every TOFU task whose columns are missing; returns the samples per split."""
+              progress: bool | None, reference: Any = None) -> dict[str, list]:
+    """Run every TOFU task whose columns are missing (``reference`` only with a reference model); returns the
+    samples per split."""
     from mrdkit.progress import progress_bar
 
     data = tofu.load_suite(cfg)
-    for task in tofu.TASKS:
-        if task == "generation" and skip_generation:
-            continue
+    skip = {"generation"} if skip_generation else set()
+    skip |= {"reference"} if reference is None else set()
+    for task in (t for t in tofu.TASKS if t not in skip):
         for label, samples in data.items():
             ids, cols = [s.id for s in samples], tofu.task_columns(label, task)
             if not cols or store.has(label, ids, cols):
                 continue
             with progress_bar(f"{task} {label}", len(samples), show=progress) as bar:
-                store.merge(label, ids, tofu.run_task(model, tok, task, label, samples, cfg, progress=bar))
+                store.merge(label, ids, tofu.run_task(model, tok, task, label, samples, cfg, progress=bar,
+                                                      reference=reference))
                 bar(len(samples), len(samples))  # scoring passes report only at the end
     return data
 
 
-def _tofu_metrics(store: RowStore, data: dict[str, list], ref: Reference | None, skip_generation: bool
-                  ) -> tuple[dict, list[str], dict]:
+def _tofu_metrics(store: RowStore, data: dict[str, list], ref: Reference | None, skip_generation: bool,
+                  has_reference: bool) -> tuple[dict, list[str], dict]:
     """Aggregates + derived metrics + the community document, all from the stored rows."""
     rows = {label: [store.rows[(label, s.id)] for s in samples] for label, samples in data.items()}
     metrics = tofu.aggregate(rows)
     extra, notes = tofu.derived(metrics, rows, ref)
     if skip_generation and "forget_Q_A_ROUGE" not in metrics:
         notes.insert(0, "ROUGE omitted: generation skipped (--skip-generation)")
+    if not has_reference:
+        notes.append("mia_reference omitted: no reference model given (--reference-model)")
     metrics.update(extra)
-    return metrics, notes, tofu.community(rows, data, metrics)
+    return metrics, notes, tofu.community(rows, data, ref)
 
 
 def _simple_metrics(store: RowStore, data: dict[str, list], benchmark: str) -> dict[str, dict]:
@@ -241,7 +247,7 @@ def evaluate(
     max_new_tokens: int = 200, skip_generation: bool = False, limit: int | None = None, overwrite: bool = False,
     mcq_format: str = "letters", mcq_norm: str = "sum", tofu_source: str | None = None, dtype: str = "float32",
     device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
-    trust_remote_code: bool = False, encoding: str = "joint",
+    trust_remote_code: bool = False, encoding: str = "joint", reference_model: Any = None,
 ) -> EvalResult:
     """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
 
@@ -266,6 +272,9 @@ def evaluate(
         encoding: ``joint`` (default: every answer token scored), ``community`` (open-unlearning's exact mask,
             for numbers that must line up with its published logs) or ``separate``
             (:func:`mrdkit.data.encode_samples`; TOFU only).
+        reference_model: TOFU only: a reference model (spec or ``LoadedModel``, resolved like ``retain_model``) for
+            ``mia_reference`` (target minus reference answer loss, open-unlearning ``ReferenceAttack``); its spec
+            is part of the run's identity.
 
     Returns:
         :class:`EvalResult`.
@@ -275,12 +284,18 @@ def evaluate(
     start = time.time()
     if max_length is None and benchmark != "muse-news":
         max_length = 512
+    if reference_model is not None and benchmark != "tofu":
+        raise MrdkitError(f"a reference model (mia_reference) is used by the tofu benchmark only, not {benchmark}")
     module, tok, spec = resolve_model(model, tokenizer, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    reference = None
+    if reference_model is not None:
+        reference = resolve_model(reference_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     opts = dict(benchmark=benchmark, model=spec, forget_split=forget_split if benchmark == "tofu" else None,
                 data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
                 mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
-                max_prompt_tokens=max_prompt_tokens, encoding=encoding if benchmark == "tofu" else None)
+                max_prompt_tokens=max_prompt_tokens, encoding=encoding if benchmark == "tofu" else None,
+                reference_model=None if reference is None else reference[2] or "in-memory reference model")
     out = None if out_dir is None else Path(out_dir)
     store = open_store(out, opts, overwrite)
     cfg = TofuConfig(forget_split=forget_split, source=tofu_source, template=template, batch_size=batch_size,
@@ -288,8 +303,9 @@ def evaluate(
     if benchmark == "tofu":
         cfg.split_names()  # fail on a bad split before any model pass
         ref = _reference(retain_model, retain_log, cfg, dtype, device, trust_remote_code)
-        data_by_split = _run_tofu(module, tok, cfg, store, skip_generation, progress)
-        metrics, notes, community = _tofu_metrics(store, data_by_split, ref, skip_generation)
+        data_by_split = _run_tofu(module, tok, cfg, store, skip_generation, progress,
+                                  None if reference is None else reference[0])
+        metrics, notes, community = _tofu_metrics(store, data_by_split, ref, skip_generation, reference is not None)
     elif benchmark == "muse-news":
         from mrdkit.evaluation.muse import run_from_options
 
