@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from helpers import assert_ok, assert_user_error, run_cli_inprocess
 from hubfixtures import write_all
-
 from mrdkit.data import load_samples
 from mrdkit.data.sources import SOURCES, muse_folder, named_source
 from mrdkit.errors import MrdkitError
@@ -156,3 +156,19 @@ def test_cli_ls_lists_the_named_sources():
     assert "data sources" in proc.stdout
     for name in ("wmdp ", "wmdp-corpus", "muse ", "safe "):
         assert name in proc.stdout
+
+
+def test_cli_eval_muse_books_from_the_hub_uses_the_books_reference(mirror, tmp_path):
+    """The hub's MUSE-Books runs through the local MUSE suite; PrivLeak uses MUSE's books AUC_retrain constant."""
+    from helpers import SMALL_MODEL
+
+    out = tmp_path / "muse"
+    proc = run_cli_inprocess("eval", "--benchmark", "muse-books", "--model", SMALL_MODEL, "--out", out, "--limit", "2",
+                             "--device", "cpu", "--batch-size", "2")
+    assert_ok(proc)
+    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    assert metrics["privleak"]["auc_retrain"] == 0.5393
+    assert metrics["verbmem_forget"]["n"] == 2 and metrics["knowmem_retain"]["n"] == 2
+    assert (out / "MUSE_EVAL.json").is_file()
+    meta = json.loads((out / "eval.json").read_text())["meta"]
+    assert meta["data"] == "muse:books" and meta["reference"].startswith("MUSE-Books AUC_retrain constant 0.5393")
