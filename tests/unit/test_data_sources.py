@@ -172,3 +172,37 @@ def test_cli_eval_muse_books_from_the_hub_uses_the_books_reference(mirror, tmp_p
     assert (out / "MUSE_EVAL.json").is_file()
     meta = json.loads((out / "eval.json").read_text())["meta"]
     assert meta["data"] == "muse:books" and meta["reference"].startswith("MUSE-Books AUC_retrain constant 0.5393")
+
+
+def test_cli_unlearn_chunks_raw_muse_documents(mirror, tmp_path):
+    """--chunk-tokens cuts raw documents into token windows as the local MUSE-News path does."""
+    from helpers import SMALL_MODEL
+
+    out = tmp_path / "run"
+    proc = run_cli_inprocess("unlearn", "--model", SMALL_MODEL, "--forget", "muse:books:forget", "--retain",
+                             "muse:books:retain1", "--method", "graddiff", "--chunk-tokens", "32", "--max-steps", "1",
+                             "--lr", "1e-3", "--device", "cpu", "--out", out)
+    assert_ok(proc)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["forget"]["n"] > 5 and config["chunk_tokens"] == 32  # more windows than documents
+    ids = json.loads((out / "train_log.jsonl").read_text().splitlines()[1])["forget_ids"]
+    assert all(i.startswith("muse_books_raw_forget:") and i.count(":") == 2 for i in ids)
+
+
+def test_cli_unlearn_safe_with_safe_responses_as_idk_targets(mirror, tmp_path):
+    from helpers import SMALL_MODEL
+
+    out = tmp_path / "run"
+    proc = run_cli_inprocess("unlearn", "--model", SMALL_MODEL, "--forget", "safe:forget", "--retain", "safe:retain",
+                             "--idk", "safe:retain", "--method", "idk", "--max-steps", "1", "--lr", "1e-3",
+                             "--device", "cpu", "--out", out)
+    assert_ok(proc)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["forget"]["n"] == 4 and config["idk_data"] == "safe:retain"
+
+
+def test_accuracy_stderr():
+    from mrdkit.evaluation.mcq import accuracy_stderr
+
+    assert accuracy_stderr([True]) is None and accuracy_stderr([True, True]) == 0.0
+    assert accuracy_stderr([True, False, True, False]) == pytest.approx((1 / 3) ** 0.5 / 2)
