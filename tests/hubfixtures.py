@@ -34,9 +34,14 @@ def _parquet(path: Path, columns: dict[str, list]) -> None:
 
 def _sentences(tag: str, n: int, words: int = 40) -> list[str]:
     """``n`` made-up documents of about ``words`` words (deterministic, distinct per tag and row)."""
+    import random
+
     vocab = ["alpha", "river", "stone", "lamp", "orbit", "cedar", "north", "pixel", "harbor", "violet"]
-    return [" ".join(f"{vocab[(i * 7 + k * 3) % len(vocab)]}{k % 5}" for k in range(words)) + f" {tag} {i}."
-            for i in range(n)]
+    texts = []
+    for i in range(n):
+        rng = random.Random(f"{tag}/{i}")  # seeded by string: the same text on every run and machine
+        texts.append(" ".join(f"{rng.choice(vocab)}{rng.randrange(10)}" for _ in range(words)) + f" {tag} {i}.")
+    return texts
 
 
 def write_wmdp(root: Path, n: int = 6) -> None:

@@ -32,7 +32,10 @@ metadata:
 
 
 @pytest.fixture
-def local_task(tmp_path):
+def local_task(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")  # keep the user's cache clean
     data = tmp_path / "wmdp_fixture.jsonl"
     rows = [{"answer": i % 4, "question": f"Which made-up element is number {i}?",
              "choices": [f"element {j + i}" for j in range(4)]} for i in range(10)]

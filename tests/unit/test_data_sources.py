@@ -40,6 +40,8 @@ def test_wmdp_corpus_is_raw_text(mirror):
     docs = load_samples("wmdp-corpus:cyber-forget")
     assert len(docs) == 4 and {d.kind for d in docs} == {"text"} and docs[0].id == "wmdp_cyber_forget:0"
     assert docs[0].answer.endswith("cyber-forget 0.") and docs[0].prompt == ""
+    retain = load_samples("wmdp-corpus:cyber-retain")
+    assert docs[0].answer[:40] != retain[0].answer[:40]
 
 
 def test_muse_splits_raw_qa_verbmem_privleak(mirror):

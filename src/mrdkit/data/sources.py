@@ -106,12 +106,21 @@ def _miss_message(table: HubTable, err: BaseException) -> str:
 
 
 def _load_split(source: str, table: HubTable, split: str, limit: int | None) -> list[dict[str, Any]]:
+    """Rows of one split. A local snapshot is read through a throwaway cache: ``datasets`` keys its cache of a
+    local folder by the folder's config, not by the files' contents, so an edited snapshot would otherwise load
+    stale rows (and every snapshot would leave a copy in the user's cache)."""
+    import contextlib
+    import tempfile
+
     import datasets
 
-    ds = datasets.load_dataset(source, table.config, split=split)
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return [dict(row) for row in ds]
+    local = Path(source).is_dir()
+    with tempfile.TemporaryDirectory(prefix="mrdkit-snapshot-") if local else contextlib.nullcontext() as cache:
+        ds = datasets.load_dataset(source, table.config, split=split, cache_dir=cache)
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return [dict(row) for row in ds]
+
 
 
 def hub_rows(table: HubTable, limit: int | None = None, aliases: Sequence[str] = ()) -> list[dict[str, Any]]:
