@@ -208,3 +208,13 @@ def test_accuracy_stderr():
 
     assert accuracy_stderr([True]) is None and accuracy_stderr([True, True]) == 0.0
     assert accuracy_stderr([True, False, True, False]) == pytest.approx((1 / 3) ** 0.5 / 2)
+
+
+def test_cli_eval_mcq_on_a_named_source_reports_a_standard_error(mirror, tmp_path):
+    from helpers import SMALL_MODEL
+
+    out = tmp_path / "mcq"
+    assert_ok(run_cli_inprocess("eval", "--benchmark", "mcq", "--data", "wmdp:cyber", "--model", SMALL_MODEL,
+                                "--out", out, "--device", "cpu"))
+    acc = json.loads((out / "eval.json").read_text())["metrics"]["multiple_choice_accuracy"]
+    assert acc["n"] == 6 and acc["stderr"] is not None and 0 <= acc["value"] <= 1
