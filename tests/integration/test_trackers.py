@@ -42,9 +42,9 @@ def test_tensorboard_event_file_holds_the_log_rows(data, tmp_path):
     proc = _unlearn(data, out, "--report-to", "tensorboard")
     assert_ok(proc)
     assert f"tensorboard --logdir {out}" in proc.stdout
-    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert events, list((out / "tensorboard").iterdir())
-    acc = EventAccumulator(str(out / "tensorboard"))
+    events = list((out / "tensorboard" / "mrdkit").glob("events.out.tfevents.*"))
+    assert events, list((out / "tensorboard").rglob("*"))
+    acc = EventAccumulator(str(out / "tensorboard" / "mrdkit"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"loss", "lr", "grad_norm", "forget_prob", "retain_prob", "parts/forget_loss", "parts/total"} <= tags

@@ -5,7 +5,8 @@ Every train-log row also goes to the trackers people already watch: the loss and
 whenever measured) and numeric evaluation-callback results (``eval/<name>``), at the optimizer step as x-axis.
 ``train_log.jsonl`` stays the record; trackers are a view of it.
 
-- TensorBoard: events under ``<run>/tensorboard/``; watch with ``tensorboard --logdir <run>`` (or a folder of runs).
+- TensorBoard: events under ``<run>/tensorboard/mrdkit/``; watch with ``tensorboard --logdir <run>`` (or a
+  folder of runs).
   The resolved config goes to TensorBoard's hparams tab (flattened, lists as text).
 - Weights & Biases: ``wandb.init(project="mrdkit", name=<run folder>, dir=<run>)``; set ``WANDB_MODE=offline`` to
   write the run locally (``wandb sync`` uploads it later). Used only when the ``wandb`` package is installed.
@@ -25,8 +26,8 @@ from typing import Any, Mapping
 from mrdkit.errors import MrdkitError
 
 TRACKERS = ("tensorboard", "wandb")
-PROJECT = "mrdkit"  # wandb project name
-TB_DIR = "tensorboard"  # accelerate's TensorBoard run name = the sub-folder of the run directory
+PROJECT = "mrdkit"  # accelerate's project name: the wandb project, and TensorBoard's folder under TB_DIR
+TB_DIR = "tensorboard"  # accelerate's logging_dir inside the run directory
 
 
 def tracker_names(report_to: str | None) -> list[str]:
@@ -51,8 +52,13 @@ def check_available(names: list[str], out_dir: Any) -> None:
 
 
 def accelerator_kwargs(names: list[str], out_dir: Any) -> dict[str, Any]:
-    """``log_with`` / ``project_dir`` for ``Accelerator(...)`` (nothing when no tracker is asked for)."""
-    return {"log_with": names, "project_dir": str(out_dir)} if names else {}
+    """``log_with`` / ``project_config`` for ``Accelerator(...)`` (nothing when no tracker is asked for)."""
+    if not names:
+        return {}
+    from accelerate.utils import ProjectConfiguration
+
+    config = ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(Path(out_dir) / TB_DIR))
+    return {"log_with": names, "project_config": config}
 
 
 def _hparam(value: Any) -> Any:
@@ -71,7 +77,7 @@ def start(acc: Any, names: list[str], run_dir: Path, config: Mapping[str, Any], 
         shutil.rmtree(run_dir / TB_DIR, ignore_errors=True)
     hparams = {k: _hparam(v) for k, v in flatten(dict(config)).items()}
     init = {"wandb": {"name": run_dir.name, "dir": str(run_dir)}}
-    acc.init_trackers(PROJECT if names == ["wandb"] else TB_DIR, config=hparams, init_kwargs=init)
+    acc.init_trackers(PROJECT, config=hparams, init_kwargs=init)
 
 
 def scalars(row: Mapping[str, Any]) -> dict[str, float]:
