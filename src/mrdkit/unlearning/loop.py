@@ -318,8 +318,9 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
         scores: MRD per forget id (a dict, or a path to ``mrd.jsonl`` with ``id`` / ``mrd`` rows) for the
             score-based samplers; None = score on the fly when the sampler needs scores.
         config: :class:`UnlearnConfig` (defaults are 7B-model values; a tiny model needs ``lr`` ~1e-3).
-        out_dir: run directory (config.json, provenance.json, train_log.jsonl, checkpoints/, model/,
-            summary.json); None = keep everything in memory.
+        out_dir: run directory (config.json, provenance.json, train_log.jsonl, prob_curve.png, checkpoints/,
+            model/, summary.json; tensorboard/ or wandb/ with ``config.report_to``); None = keep everything in
+            memory (no trackers then).
         resume: continue ``out_dir`` from its last checkpoint (same config required; pass the same START model,
             from which the reference copy and the MRD scores are taken again); bitwise equal to an uninterrupted
             run. overwrite: reuse a directory holding a finished run.
