@@ -197,11 +197,11 @@ def test_user_errors(tiny, tmp_path):
         run(tiny, sampler="cgaa")
     with pytest.raises(MrdkitError, match="needs retain data"):
         run(tiny, method="graddiff", retain=None)
-    with pytest.raises(MrdkitError, match=r"no MRD score in .*'f:7'"):
+    with pytest.raises(MrdkitError, match=r"1 forget sample\(s\) have no score .*'f:7'"):
         run(tiny, sampler="cga", scores={s.id: 1.0 for s in FORGET[:7]})
     bad = tmp_path / "mrd.jsonl"
     bad.write_text('{"id": "f:0"}\n')
-    with pytest.raises(MrdkitError, match="line 1: an MRD row needs 'id' and 'mrd'"):
+    with pytest.raises(MrdkitError, match="line 1: no 'mrd' column .*pick one with --score-key"):
         run(tiny, sampler="cga", scores=bad)
     with pytest.raises(MrdkitError, match="lr must be > 0"):
         run(tiny, config=dataclasses.replace(FAST, lr=0.0))

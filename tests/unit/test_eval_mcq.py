@@ -53,7 +53,10 @@ def test_accuracy_is_argmax_of_option_loglikelihood(lm, fmt, norm):
         assert row["option_logprobs"] == pytest.approx(direct, rel=1e-6)
         assert row["pred"] == max(range(4), key=lambda j: direct[j]) and row["answer_index"] == q.extra["answer_index"]
     acc = sum(r["correct"] for r in rows) / len(rows)
-    assert agg["multiple_choice_accuracy"] == {"value": pytest.approx(acc), "higher_is_better": True, "n": 3}
+    hits = [float(r["correct"]) for r in rows]  # lm-eval's acc_stderr: sample std over sqrt(n)
+    stderr = (sum((h - acc) ** 2 for h in hits) / 2 / 3) ** 0.5
+    assert agg["multiple_choice_accuracy"] == {"value": pytest.approx(acc), "higher_is_better": True, "n": 3,
+                                               "stderr": pytest.approx(stderr)}
 
 
 def test_mcq_from_a_wmdp_style_file(lm, tmp_path):

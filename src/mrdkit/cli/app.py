@@ -34,6 +34,7 @@ def _console():
 def all_registries() -> dict[str, list[tuple[str, str]]]:
     """``{kind: [(name, summary), ...]}`` for every registry a config string can pick from (imports torch)."""
     from mrdkit.bench.run import EXPERIMENTS  # importing bench.run registers every experiment
+    from mrdkit.data.sources import SOURCES
     from mrdkit.data.templates import TEMPLATES
     from mrdkit.evaluation.metrics import METRICS
     from mrdkit.evaluation.scores import SCORES
@@ -41,15 +42,15 @@ def all_registries() -> dict[str, list[tuple[str, str]]]:
     from mrdkit.scoring.estimators import ESTIMATORS
     from mrdkit.unlearning.methods import METHODS
 
-    registries = {"templates": TEMPLATES, "estimators": ESTIMATORS, "methods": METHODS, "samplers": SAMPLERS,
-                  "metrics": METRICS, "difficulty scores": SCORES, "experiments": EXPERIMENTS}
+    registries = {"data sources": SOURCES, "templates": TEMPLATES, "estimators": ESTIMATORS, "methods": METHODS,
+                  "samplers": SAMPLERS, "metrics": METRICS, "difficulty scores": SCORES, "experiments": EXPERIMENTS}
     return {kind: [(e.name, str(e.meta.get("summary", ""))) for e in reg.entries()] for kind, reg in registries.items()}
 
 
 @app.command("ls")
 def list_registries() -> None:
-    """List everything a config string can name: templates, estimators, methods, samplers, metrics, difficulty
-    scores, experiments."""
+    """List everything a name can pick: data sources, templates, estimators, methods, samplers, metrics,
+    difficulty scores, experiments."""
     from rich.markup import escape
 
     console = _console()
@@ -61,7 +62,8 @@ def list_registries() -> None:
 
 @data_app.command("inspect")
 def data_inspect(
-    path: str = typer.Argument(..., help="data file, TOFU directory, 'tofu:<split>' or a datasets hub id"),
+    path: str = typer.Argument(..., help="data file, TOFU directory, 'tofu:<split>', a named source (wmdp:bio, "
+                                         "muse:books:forget, safe:forget; see mrd ls) or a datasets hub id"),
     split: Optional[str] = typer.Option(None, help="split (TOFU: forget10, retain90, ...)"),
     question_key: Optional[str] = typer.Option(None, help="field holding the question/prompt"),
     answer_key: Optional[str] = typer.Option(None, help="field holding the answer"),

@@ -1,4 +1,4 @@
-"""``mrd eval``: TOFU / multiple choice / perplexity / MUSE-News evaluation of a model.
+"""``mrd eval`` (TOFU, MUSE, multiple choice, perplexity, lm-eval) and ``mrd difficulty`` (ground truth, correlations).
 
 Thin: parse, call :func:`mrdkit.evaluation.runner.evaluate`, print a summary. torch and transformers are imported
 inside the command so ``mrd --help`` stays instant.
@@ -16,13 +16,15 @@ from mrdkit.cli.options import ENCODING_HELP
 def eval_command(
     model: str = typer.Option(..., help="model: local HF dir, hub id, 'tiny', 'smollm2'"),
     out: str = typer.Option(..., help="output run directory (re-runs skip metrics already there)"),
-    benchmark: str = typer.Option("tofu", help="tofu | mcq (WMDP/MMLU accuracy) | ppl (perplexity) | muse-news"),
+    benchmark: str = typer.Option("tofu", help="tofu | mcq (quick WMDP/MMLU accuracy) | ppl (perplexity) | "
+                                               "muse-news | muse-books (hub) | lm-eval (lm-evaluation-harness)"),
     forget_split: str = typer.Option("forget10", help="TOFU forget split: forget01 | forget05 | forget10"),
     retain_model: Optional[str] = typer.Option(None, help="retain model evaluated now as forget-quality reference"),
     retain_log: Optional[str] = typer.Option(None, help="retain log: TOFU_EVAL.json, eval.json or run directory"),
     reference_model: Optional[str] = typer.Option(None, help="tofu: reference model of mia_reference (target minus "
                                                             "reference loss), loaded like --retain-model"),
-    data: Optional[str] = typer.Option(None, help="mcq/ppl data: file, 'tofu:<split>' or hub id; muse-news: folder"),
+    data: Optional[str] = typer.Option(None, help="mcq/ppl data: file, 'tofu:<split>', 'wmdp:bio', hub id; "
+                                                  "muse-news: folder or muse:news|muse:books (hub)"),
     split: Optional[str] = typer.Option(None, help="split of --data (TOFU dir / hub dataset)"),
     template: str = typer.Option("auto", help="prompt template: auto | plain | chat | llama2 | raw"),
     encoding: str = typer.Option("joint", help=ENCODING_HELP),
@@ -39,6 +41,9 @@ def eval_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     overwrite: bool = typer.Option(False, help="recompute everything in --out"),
+    tasks: Optional[str] = typer.Option(None, help="lm-eval: comma-separated tasks, e.g. wmdp_bio,wmdp_cyber,mmlu"),
+    include_path: Optional[str] = typer.Option(None, help="lm-eval: folder of extra task YAML files (local tasks)"),
+    num_fewshot: Optional[int] = typer.Option(None, help="lm-eval: few-shot examples (default: each task's own)"),
 ) -> None:
     """Evaluate a model: TOFU metrics as open-unlearning computes them, MCQ accuracy, or perplexity."""
     from mrdkit.cli.options import load_model_for, print_table
@@ -54,14 +59,16 @@ def eval_command(
                       max_length=max_length, max_new_tokens=max_new_tokens, skip_generation=skip_generation,
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
                       tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,
-                      trust_remote_code=trust_remote_code)
-    rows = [{"metric": k, "value": v["value"], "higher is better": v.get("higher_is_better"), "n": v["n"]}
-            for k, v in sorted(result.metrics.items())]
+                      trust_remote_code=trust_remote_code, tasks=tasks, include_path=include_path,
+                      num_fewshot=num_fewshot)
+    rows = [{"metric": k, "value": v["value"], "stderr": v.get("stderr"), "higher is better": v.get("higher_is_better"),
+             "n": v["n"]} for k, v in sorted(result.metrics.items())]
     print_table(f"{benchmark} evaluation of {model}", rows)
     for note in result.meta["notes"]:
         typer.echo(f"note: {note}")
-    bench = "MUSE" if benchmark == "muse-news" else "TOFU"
+    bench = "MUSE" if benchmark.startswith("muse") else "TOFU"
     extra = f", {bench}_EVAL.json, {bench}_SUMMARY.json" if result.community is not None else ""
+    extra += ", lm_eval_results.json" if benchmark == "lm-eval" else ""
     typer.echo(f"wrote {out}/eval.json, eval_samples.jsonl{extra} ({result.meta['seconds']:.1f} s)")
 
 

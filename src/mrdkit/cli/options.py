@@ -18,6 +18,27 @@ def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = 
     return samples[:limit] if limit else samples
 
 
+def chunk_texts(samples: Sequence[Any], tokenizer: Any, length: int) -> list:
+    """Raw-text documents -> ``length``-token windows (:func:`mrdkit.data.chunk_documents`, the MUSE-News path);
+    other samples pass through. A document ``<source>:<row>`` gives chunks ``<source>:<row>:<chunk>``."""
+    from mrdkit.data import chunk_documents
+    from mrdkit.errors import MrdkitError
+
+    if length < 1:
+        raise MrdkitError(f"--chunk-tokens must be >= 1, got {length}")
+    out: list = []
+    for sample in samples:
+        if sample.kind != "text":
+            out.append(sample)
+            continue
+        source, _, doc = sample.id.rpartition(":")
+        out.extend(chunk_documents([sample.text], tokenizer, length=length, min_length=min(16, length),
+                                   doc_ids=[doc or "0"], source=source or sample.id))
+    if not out:
+        raise MrdkitError(f"no chunks of {length} tokens: every document is shorter than {min(16, length)} tokens")
+    return out
+
+
 def load_model_for(spec: str, samples: Sequence[Any], *, dtype: str = "float32", device: str = "auto",
                    trust_remote_code: bool = False, for_mrd: bool = False, seed: int = 0):
     """The model a ``--model`` option names (:func:`mrdkit.testbed.specs.load_model`: testbed names, directories,

@@ -42,9 +42,11 @@ def score_command(
     set_: List[str] = typer.Option([], "--set", help="extra MRD setting key=value (repeatable)"),
     perturb_mode: str = typer.Option("copy", help="copy (clone all weights) | lowmem (one module at a time)"),
     shard: str = typer.Option("draws", help="under torchrun: split draws | samples over the ranks"),
+    chunk_tokens: Optional[int] = typer.Option(None, help="cut raw-text documents (muse:books:forget, "
+                                                          "wmdp-corpus:...) into N-token windows, as MUSE-News"),
 ) -> None:
     """Score MRD per sample: high MRD = fragile memory = easy to unlearn."""
-    from mrdkit.cli.options import load_data, load_model_for, print_table
+    from mrdkit.cli.options import chunk_texts, load_data, load_model_for, print_table
     from mrdkit.config import apply_overrides
     from mrdkit.progress import progress_bar
     from mrdkit.scoring.config import MRDConfig
@@ -59,6 +61,8 @@ def score_command(
                         text_key=text_key)
     loaded = load_model_for(model, samples, dtype=dtype, device=_rank_device(device),
                             trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+    if chunk_tokens is not None:
+        samples = chunk_texts(samples, loaded.tokenizer, chunk_tokens)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     if check_sigma and main_rank:
         _print_sigma_check(loaded, samples, cfg)

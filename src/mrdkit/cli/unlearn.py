@@ -106,6 +106,12 @@ def unlearn_command(
     seed: Optional[int] = typer.Option(None, help="run seed of the sampler, retain pairing, dropout (default 0)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (default auto)"),
     trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
+    report_to: Optional[str] = typer.Option(None, help="trackers fed every log row: none | tensorboard | wandb "
+                                                       "(comma list; default none; watch: tensorboard --logdir OUT)"),
+    idk: Optional[str] = typer.Option(None, help="idk / idkdpo targets: data whose answers are the refusals, e.g. "
+                                                 "safe:retain (default: TOFU's idontknow.jsonl)"),
+    chunk_tokens: Optional[int] = typer.Option(None, help="cut raw-text documents (muse:books:forget, "
+                                                          "wmdp-corpus:...) into N-token windows, as MUSE-News"),
     resume: bool = typer.Option(False, help="continue --out from its last checkpoint (same settings)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
 ) -> None:
@@ -116,15 +122,21 @@ def unlearn_command(
 
     flags = dict(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
                  stop_prob=stop_prob, seed=seed, device=device, encoding=encoding, score_key=score_key,
-                 score_direction=score_direction)
+                 score_direction=score_direction, report_to=report_to)
     cfg = _config(config, flags, lora, hp, sampler_arg, set_)
     _check_names(method, sampler, cfg)
     forget_set = _load(forget, forget_limit)
     retain_set = _load(retain, retain_limit) if retain else None
+    idk_answers = [s.answer for s in _load(idk, None)] if idk else None
     loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed,
                             trust_remote_code=trust_remote_code)
+    if chunk_tokens is not None:
+        from mrdkit.cli.options import chunk_texts
+
+        forget_set = chunk_texts(forget_set, loaded.tokenizer, chunk_tokens)
+        retain_set = chunk_texts(retain_set, loaded.tokenizer, chunk_tokens) if retain_set else None
     meta = {"model": model, "forget_data": forget, "retain_data": retain, "forget_limit": forget_limit,
-            "retain_limit": retain_limit}
+            "retain_limit": retain_limit, "idk_data": idk, "chunk_tokens": chunk_tokens}
     # under accelerate launch / torchrun: one bar and one table, not one per process. Read from the launcher's env:
     # creating accelerate's PartialState here would fix its device choice before unlearn() asks for cpu=True, and
     # on a CPU machine every rank would then run alone (num_processes 1) and race on --out
@@ -132,9 +144,11 @@ def unlearn_command(
     with progress_bar(f"unlearn {method} / {sampler}", 1, show=None if main else False) as bar:
         result = unlearn(loaded.model, loaded.tokenizer, forget_set, retain_set, method=method, sampler=sampler,
                          scores=scores, config=cfg, out_dir=out, resume=resume, overwrite=overwrite, progress=bar,
-                         run_meta=meta)
+                         run_meta=meta, idk=idk_answers)
     if main:
         print_table(f"mrd unlearn -> {out}", _summary_rows(result.summary))
+        watch = f"; tensorboard --logdir {out}" if "tensorboard" in (result.summary.get("report_to") or []) else ""
+        typer.echo(f"wrote {out}/train_log.jsonl, {out}/prob_curve.png{watch}")
 
 
 def register(app: typer.Typer) -> None:

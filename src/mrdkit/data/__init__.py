@@ -1,4 +1,4 @@
-"""Samples and how they become batches: loaders (TOFU, files, hub), prompt templates, encoding, collation.
+"""Samples and how they become batches: loaders (TOFU, named benchmarks, files, hub), templates, encoding, collation.
 
 ``import mrdkit.data`` does not import torch; :func:`collate` imports it when first called.
 """
@@ -20,6 +20,7 @@ from mrdkit.data.inspect import format_report, inspect_samples, length_stats
 from mrdkit.data.loaders import load_samples
 from mrdkit.data.records import FORMATS, load_idk, read_records
 from mrdkit.data.samples import KINDS, Sample, check_unique_ids, detect_fields, records_to_samples
+from mrdkit.data.sources import SOURCES, load_named
 from mrdkit.data.templates import TEMPLATES, Rendered, render
 from mrdkit.data.tofu import TOFU_SPLITS, load_tofu, tofu_split
 
@@ -31,6 +32,7 @@ __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
     "KINDS",
+    "SOURCES",
     "Sample",
     "TOFU_SPLITS",
     "TEMPLATES",
@@ -46,6 +48,7 @@ __all__ = [
     "length_stats",
     "load_chunks",
     "load_idk",
+    "load_named",
     "load_samples",
     "load_tofu",
     "pad_id",

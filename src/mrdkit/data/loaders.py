@@ -1,11 +1,12 @@
-"""Loaders: TOFU splits, local files (JSON, JSON-lines, CSV, parquet, text) and Hugging Face datasets -> samples.
+"""Loaders: TOFU splits, named benchmarks, local files (JSON, JSON-lines, CSV, parquet, text), hub datasets -> samples.
 
 Every loader returns ``list[Sample]`` with stable ids and raises :class:`MrdkitError` with a one-line message
 naming the file, field or value at fault. TOFU rows that come from ``full.json`` keep the row number of
 ``full.json`` in their id (``forget10`` row i is ``tofu:{3600 + i}``) so that scores from different splits join.
 
-File and hub readers live in :mod:`mrdkit.data.records`, TOFU in :mod:`mrdkit.data.tofu`; this module holds the
-generic entry point :func:`load_samples`.
+File and hub readers live in :mod:`mrdkit.data.records`, TOFU in :mod:`mrdkit.data.tofu`, the named benchmarks
+(``wmdp:bio``, ``wmdp-corpus:...``, ``muse:books:...``, ``safe:...``) in :mod:`mrdkit.data.sources`; this module
+holds the generic entry point :func:`load_samples`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from mrdkit.data.records import load_hub, looks_like_hub_id, read_records
 from mrdkit.data.samples import Sample, records_to_samples
+from mrdkit.data.sources import load_named, named_source
 from mrdkit.data.tofu import TOFU_SPLITS, load_tofu
 from mrdkit.errors import MrdkitError
 
@@ -34,15 +36,22 @@ def _tofu_from_source(source: str, split: str | None) -> tuple[str, str | None] 
     return None
 
 
+def _fixed_fields(spec: str, *keys: str | None) -> None:
+    """Named sources have their hub's fixed columns: a field option would be silently ignored, so refuse it."""
+    if any(k is not None for k in keys):
+        raise MrdkitError(f"{spec} has fixed fields (its hub schema); drop the --*-key / format options")
+
+
 def load_samples(source: str | Path, *, split: str | None = None, fmt: str | None = None,
                  question_key: str | None = None, answer_key: str | None = None, text_key: str | None = None,
                  choices_key: str | None = None, id_key: str | None = None, limit: int | None = None) -> list[Sample]:
-    """Load samples from TOFU, a local file or a Hugging Face dataset, detecting the fields when not given.
+    """Load samples from TOFU, a named benchmark, a local file or a hub dataset, detecting the fields if not given.
 
     Args:
         source: ``"tofu"`` / ``"tofu:<split>"`` / a TOFU folder / ``"locuslab/TOFU"`` (see :func:`load_tofu`);
-            a file (``.json`` array or JSON-lines, ``.jsonl``, ``.csv``, ``.parquet``, ``.txt`` = one text per
-            line); or a hub dataset id.
+            a named benchmark such as ``"wmdp:bio"`` or ``"muse:books:forget"`` (:mod:`mrdkit.data.sources`;
+            ``split`` is appended to it: ``("muse:news", "forget")``); a file (``.json`` array or JSON-lines,
+            ``.jsonl``, ``.csv``, ``.parquet``, ``.txt`` = one text per line); or a hub dataset id.
         split: TOFU split; for other hub datasets ``"<config>"`` or ``"<config>:<hf split>"`` (default
             split ``train``).
         fmt: file format when the suffix does not tell it.
@@ -54,6 +63,10 @@ def load_samples(source: str | Path, *, split: str | None = None, fmt: str | Non
     source = str(source)
     if limit is not None and limit < 1:
         raise MrdkitError(f"limit must be a positive number of samples, got {limit}")
+    named = named_source(source, split)
+    if named is not None:
+        _fixed_fields(named, question_key, answer_key, text_key, choices_key, id_key, fmt)
+        return load_named(named, limit)
     tofu = _tofu_from_source(source, split)
     if tofu is not None:
         if not tofu[0]:

@@ -10,6 +10,22 @@ al. 2021, arXiv:2009.03300): each option is a continuation of the same prompt, t
 - ``text``: ``"{question}\\nAnswer:"`` with the option texts as continuations (TOFU real-author style); use
   ``norm="mean"`` (length-normalised, lm-eval's ``acc_norm`` spirit) when options differ in length.
 
+Accuracy comes with its standard error ``sqrt(sum_i (x_i - acc)^2 / (n - 1)) / sqrt(n)`` over the per-question hits
+``x_i`` in {0, 1} (:func:`accuracy_stderr`, the formula lm-eval reports as ``acc_stderr``).
+
+How this differs from lm-evaluation-harness (``mrd eval --benchmark lm-eval``, :mod:`mrdkit.evaluation.lmeval`),
+whose numbers are the ones papers report:
+
+- prompt: lm-eval's ``wmdp_*`` / ``mmlu_*`` tasks put a subject line first ("The following are multiple choice
+  questions (with answers) about biology.") and may add few-shot examples; ``letters`` here has neither;
+- template: mrdkit's ``auto`` template renders the prompt with the model's chat template when it has one
+  (:mod:`mrdkit.data.templates`); lm-eval scores the raw text unless told ``apply_chat_template``;
+- tokenization: lm-eval encodes context and continuation separately and moves trailing spaces of the context into
+  the continuation; here the rendered prompt and the option are encoded as one answer-masked sequence;
+- ties go to the first option here; lm-eval takes ``argmax`` as numpy does (also the first).
+
+Use ``mcq`` for quick in-loop checks on any question file; report lm-eval's numbers.
+
 Perplexity of raw text is ``exp(sum_i NLL_i / sum_i n_i)`` over every token but the first. All scoring goes
 through :func:`mrdkit.evaluation.answers.answer_logprobs` (one length-sorted batched pass).
 """
@@ -70,7 +86,7 @@ def evaluate_mcq(model: Any, tokenizer: Any, samples: Sequence[Sample], *, split
 
     Returns:
         ``(rows, aggregates)``: rows ``{id, split, pred, answer_index, correct, option_logprobs}``; aggregates
-        ``{"multiple_choice_accuracy": {value, higher_is_better, n}}`` via
+        ``{"multiple_choice_accuracy": {value, higher_is_better, n, stderr}}`` via
         :func:`mrdkit.evaluation.metrics.multiple_choice_accuracy`.
     """
     from mrdkit.evaluation.metrics import multiple_choice_accuracy
@@ -84,7 +100,20 @@ def evaluate_mcq(model: Any, tokenizer: Any, samples: Sequence[Sample], *, split
         rows.append({"id": s.id, "split": split, "pred": pred, "answer_index": ans, "correct": pred == ans,
                      "option_logprobs": opts})
     acc = multiple_choice_accuracy([logps[s.id] for s in samples], answers)
-    return rows, {"multiple_choice_accuracy": {"value": acc, "higher_is_better": True, "n": len(rows)}}
+    stderr = accuracy_stderr([r["correct"] for r in rows])
+    return rows, {"multiple_choice_accuracy": {"value": acc, "higher_is_better": True, "n": len(rows),
+                                               "stderr": stderr}}
+
+
+def accuracy_stderr(hits: Sequence[bool]) -> float | None:
+    """Standard error of an accuracy: ``sqrt(sum (x - mean)^2 / (n - 1)) / sqrt(n)``; None for fewer than 2."""
+    import math
+
+    n = len(hits)
+    if n < 2:
+        return None
+    mean = sum(hits) / n
+    return math.sqrt(sum((float(x) - mean) ** 2 for x in hits) / (n - 1) / n)
 
 
 def evaluate_perplexity(model: Any, tokenizer: Any, samples: Sequence[Sample], *, split: str = "text",

@@ -9,7 +9,8 @@ Outputs (house rule 7; open-unlearning's ``Evaluator`` for the community files):
 - TOFU: ``TOFU_EVAL.json`` (every metric) / ``TOFU_SUMMARY.json`` (open-unlearning's 7 default metrics); MUSE-News
   (:mod:`mrdkit.evaluation.muse`): ``MUSE_EVAL.json`` / ``MUSE_SUMMARY.json``. These follow open-unlearning's
   formulas and conventions (:func:`mrdkit.evaluation.tofu.community`, :func:`mrdkit.evaluation.muse.community`);
-  ``eval.json`` follows mrdkit's (exact truth ratios) and, for MUSE-News, MUSE's own.
+  ``eval.json`` follows mrdkit's (exact truth ratios) and, for MUSE-News, MUSE's own; ``lm-eval``
+  (:mod:`mrdkit.evaluation.lmeval`): ``lm_eval_results.json``, lm-eval's own result document.
 
 Skipping: a task (one model pass over one split) whose columns are already in ``eval_samples.jsonl`` for every
 sample is not run again unless ``overwrite``; aggregates and derived metrics are always recomputed from the rows
@@ -32,12 +33,13 @@ from mrdkit.evaluation import tofu
 from mrdkit.evaluation.tofu import Reference, TofuConfig
 from mrdkit.models import resolve_model
 
-BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news")
+BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news", "muse-books", "lm-eval")
 
 
 # options that change the numbers; a run directory made with other values is refused without overwrite
 IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
-            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding", "reference_model")
+            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding", "reference_model",
+            "tasks", "include_path", "num_fewshot")
 
 
 class RowStore:
@@ -95,7 +97,8 @@ def write_outputs(out: Path, result: EvalResult) -> None:
                                                        if r["split"] == "forget" and "truth_ratio" in r}
     atomic_write_json(out / "eval.json", {"metrics": metrics, "meta": result.meta})
     if result.community is not None:
-        write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"] == "muse-news" else "TOFU")
+        write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"].startswith("muse")
+                        else "TOFU")
     atomic_write_json(out / "DONE.json", {"seconds": result.meta["seconds"]})
 
 
@@ -205,11 +208,13 @@ def _simple_metrics(store: RowStore, data: dict[str, list], benchmark: str) -> d
     (split, samples), = data.items()
     rows = [store.rows[(split, s.id)] for s in samples]
     if benchmark == "mcq":
-        value, name, hib = sum(bool(r["correct"]) for r in rows) / len(rows), "multiple_choice_accuracy", True
-    else:
-        value = perplexity([r["nll_sum"] for r in rows], [r["n_tokens"] for r in rows])
-        name, hib = "perplexity", False
-    return {name: {"value": value, "higher_is_better": hib, "n": len(rows)}}
+        from mrdkit.evaluation.mcq import accuracy_stderr
+
+        hits = [bool(r["correct"]) for r in rows]
+        return {"multiple_choice_accuracy": {"value": sum(hits) / len(hits), "higher_is_better": True,
+                                             "n": len(rows), "stderr": accuracy_stderr(hits)}}
+    value = perplexity([r["nll_sum"] for r in rows], [r["n_tokens"] for r in rows])
+    return {"perplexity": {"value": value, "higher_is_better": False, "n": len(rows)}}
 
 
 def _run_simple(model: Any, tok: Any, benchmark: str, samples: list, store: RowStore, opts: dict) -> dict:
@@ -230,6 +235,13 @@ def _run_simple(model: Any, tok: Any, benchmark: str, samples: list, store: RowS
     return {split: samples}
 
 
+def _task_list(tasks: str | Sequence[str] | None) -> list[str] | None:
+    """lm-eval task names as a list (kept in the run identity), or None."""
+    if tasks is None:
+        return None
+    return [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+
+
 def _load_data(data: Any, split: str | None, limit: int | None) -> list:
     if data is None:
         raise MrdkitError("benchmarks mcq and ppl need data (a file, 'tofu:<split>' or a list of samples)")
@@ -248,6 +260,7 @@ def evaluate(
     mcq_format: str = "letters", mcq_norm: str = "sum", tofu_source: str | None = None, dtype: str = "float32",
     device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
     trust_remote_code: bool = False, encoding: str = "joint", reference_model: Any = None,
+    tasks: str | Sequence[str] | None = None, include_path: str | None = None, num_fewshot: int | None = None,
 ) -> EvalResult:
     """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
 
@@ -255,8 +268,12 @@ def evaluate(
         model: a model spec (:func:`mrdkit.models.load_model`), a ``LoadedModel``, or a module with ``tokenizer``.
         benchmark: ``tofu`` (full suite, community metric names), ``mcq`` (WMDP/MMLU accuracy), ``ppl`` or
             ``muse-news`` (VerbMem, KnowMem, PrivLeak, perplexity; ``data`` = the MUSE-News folder, default the
-            local copy; ``max_length`` default: the model's position limit; ``max_prompt_tokens`` keeps the last N
-            prompt tokens; see :mod:`mrdkit.evaluation.muse`).
+            local copy, or ``muse:news`` / ``muse:books`` from the hub; ``max_length`` default: the model's position
+            limit; ``max_prompt_tokens`` keeps the last N prompt tokens; see :mod:`mrdkit.evaluation.muse`),
+            ``muse-books`` (the same suite on MUSE-Books from the hub: the Harry Potter / WHP benchmark) or
+            ``lm-eval`` (lm-evaluation-harness ``tasks`` in process, :mod:`mrdkit.evaluation.lmeval`;
+            ``include_path``: a folder of local task YAML files; ``num_fewshot``; ``template="chat"`` applies the
+            chat template).
         out_dir: run directory (None: nothing written, nothing skipped).
         forget_split: TOFU ``forget01|05|10``. data / split: samples for ``mcq`` / ``ppl``.
         retain_model: a retain model (spec, ``LoadedModel``) evaluated now as the forget-quality and privleak
@@ -282,7 +299,7 @@ def evaluate(
     if benchmark not in BENCHMARKS:
         raise MrdkitError(f"unknown benchmark {benchmark!r} (known: {', '.join(BENCHMARKS)})")
     start = time.time()
-    if max_length is None and benchmark != "muse-news":
+    if max_length is None and not benchmark.startswith("muse"):
         max_length = 512
     if reference_model is not None and benchmark != "tofu":
         raise MrdkitError(f"a reference model (mia_reference) is used by the tofu benchmark only, not {benchmark}")
@@ -295,7 +312,15 @@ def evaluate(
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
                 mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
                 max_prompt_tokens=max_prompt_tokens, encoding=encoding if benchmark == "tofu" else None,
-                reference_model=None if reference is None else reference[2] or "in-memory reference model")
+                reference_model=None if reference is None else reference[2] or "in-memory reference model",
+                tasks=_task_list(tasks), num_fewshot=num_fewshot,
+                include_path=None if include_path is None else str(include_path))
+    if benchmark == "muse-books" and opts["data"] is None:
+        opts["data"] = "muse:books"
+    if benchmark == "lm-eval":
+        from mrdkit.evaluation.lmeval import check_options
+
+        check_options(opts)  # before the run directory exists
     out = None if out_dir is None else Path(out_dir)
     store = open_store(out, opts, overwrite)
     cfg = TofuConfig(forget_split=forget_split, source=tofu_source, template=template, batch_size=batch_size,
@@ -306,12 +331,18 @@ def evaluate(
         data_by_split = _run_tofu(module, tok, cfg, store, skip_generation, progress,
                                   None if reference is None else reference[0])
         metrics, notes, community = _tofu_metrics(store, data_by_split, ref, skip_generation, reference is not None)
-    elif benchmark == "muse-news":
-        from mrdkit.evaluation.muse import run_from_options
+    elif benchmark == "lm-eval":
+        from mrdkit.evaluation.lmeval import run_from_options as run_lmeval
 
-        data_by_split, metrics, notes, community, ref = run_from_options(module, tok, store, opts, retain_model,
-                                                                         retain_log, dtype, device, progress,
-                                                                         trust_remote_code=trust_remote_code)
+        data_by_split, metrics, notes, community, ref = run_lmeval(module, tok, store, opts, out)
+    elif benchmark.startswith("muse"):
+        from mrdkit.evaluation import muse, muse_hub
+
+        hub = str(opts["data"] or "").startswith("muse:")  # the hub's MUSE-News / MUSE-Books
+        run_muse = muse_hub.run_from_options if hub else muse.run_from_options
+        data_by_split, metrics, notes, community, ref = run_muse(module, tok, store, opts, retain_model, retain_log,
+                                                                 dtype, device, progress,
+                                                                 trust_remote_code=trust_remote_code)
     else:
         data_by_split = _run_simple(module, tok, benchmark, _load_data(data, split, limit), store, opts)
         metrics, notes, community, ref = _simple_metrics(store, data_by_split, benchmark), [], None, None

@@ -15,6 +15,8 @@ arXiv:2401.06121, ``config/forget.yaml`` / ``config/forget_lora.yaml`` / ``forge
   (GPT-2 ``c_attn``, Llama ``q_proj, v_proj``).
 - stop rule: the MRD reference code's "mean token probability <= 0.02" (paper-notes section 4) when ``stop_prob``
   is set; off by default.
+- trackers: none by default (``train_log.jsonl`` always); ``report_to`` as the Hugging Face Trainer's option of the
+  same name (:mod:`mrdkit.unlearning.trackers`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class UnlearnConfig:
         mrd_draws, mrd_sigma, mrd_estimator: on-the-fly MRD scoring when a sampler needs scores and none were
             given (paper-notes section 1: K = 100, sigma = 1e-5).
         rescore_draws: draws of the cheap re-scoring the ``refresh`` sampler runs every epoch.
+        report_to: experiment trackers fed every train-log row: ``none``, ``tensorboard``, ``wandb`` or a comma
+            list (:mod:`mrdkit.unlearning.trackers`); not part of the run's identity (``--resume`` may change it).
     """
 
     lr: float = 1e-5
@@ -118,6 +122,7 @@ class UnlearnConfig:
     mrd_sigma: float = 1e-5
     mrd_estimator: str = "antithetic"
     rescore_draws: int = 8
+    report_to: str = "none"
 
     def check(self) -> None:
         """Raise :class:`MrdkitError` naming the first invalid field."""
@@ -136,6 +141,9 @@ class UnlearnConfig:
         ESTIMATORS.get(self.mrd_estimator)  # did-you-mean before any model loads
         _require(self.score_direction in (None, "easier", "harder"),
                  f"score_direction must be easier or harder, got {self.score_direction!r}")
+        from mrdkit.unlearning.trackers import tracker_names
+
+        tracker_names(self.report_to)  # unknown tracker names fail here, before any model loads
         for name in ("max_steps", "warmup_steps", "stop_check_every", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             _require(value is None or value >= (0 if name == "warmup_steps" else 1),

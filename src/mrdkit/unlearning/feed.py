@@ -116,19 +116,28 @@ def scores_for(samples: Sequence[Sample], scores: Mapping[str, float], source: s
 
 
 def mrd_scorer(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample],
-               cfg: UnlearnConfig) -> Callable[[int], list[float]]:
+               cfg: UnlearnConfig, label: str = "sampler") -> Callable[[int], list[float]]:
     """``score(draws) -> per-sample MRD`` of the model's current weights, via :func:`mrdkit.scoring.score_mrd`.
 
     Every call uses the run seed, i.e. the same noise draws (common random numbers): when the ``refresh``
     sampler re-scores each epoch, score changes reflect the weights, not new noise. MRD's own defaults apply
     otherwise (all tokens scored, paper-notes section 1); the weights are restored bit-exactly after scoring.
+    Each call shows its own progress bar naming K and how to avoid it (K = 100 forward passes per batch of
+    samples can take minutes before the first unlearning step), on the main process only.
     """
+    import os
+
+    from mrdkit.progress import progress_bar
     from mrdkit.scoring import score_mrd
 
     def score(draws: int) -> list[float]:
-        result = score_mrd(model, list(samples), tokenizer=tokenizer, draws=draws, sigma=cfg.mrd_sigma,
-                           estimator=cfg.mrd_estimator, seed=cfg.seed, template=cfg.template,
-                           max_length=cfg.max_length, proxies=False, grad_norm=False, diagnostics=False)
+        title = f"on-the-fly MRD for {label}: K={draws} draws, {len(samples)} samples"
+        show = None if os.environ.get("RANK", "0") == "0" else False
+        with progress_bar(title, draws, show=show) as bar:
+            result = score_mrd(model, list(samples), tokenizer=tokenizer, draws=draws, sigma=cfg.mrd_sigma,
+                               estimator=cfg.mrd_estimator, seed=cfg.seed, template=cfg.template,
+                               max_length=cfg.max_length, proxies=False, grad_norm=False, diagnostics=False,
+                               progress=bar)
         return scores_for(samples, result.scores(), "on-the-fly MRD scores")
 
     return score
@@ -153,7 +162,7 @@ def initial_scores(sampler, scores, forget, model, tokenizer, cfg) -> tuple[list
     """(initial scores, their source, the on-the-fly scorer the ``refresh`` sampler re-scores with, or None)."""
     name = sampler if isinstance(sampler, str) else None
     wants = name is not None and sampler_needs_scores(name)
-    scorer = mrd_scorer(model, tokenizer, forget, cfg) if wants else None
+    scorer = mrd_scorer(model, tokenizer, forget, cfg, label=name or "") if wants else None
     if isinstance(scores, (str, Path)):
         loaded = load_score_file(scores, cfg.score_key, cfg.score_direction)
         return scores_for(forget, loaded, f"{scores} ({cfg.score_key})"), "file", scorer

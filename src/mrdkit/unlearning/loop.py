@@ -44,6 +44,7 @@ from mrdkit.models import fit_max_length
 from mrdkit.runs import atomic_write_jsonl, dumps
 from mrdkit.train import seeded_dropout, train_step
 from mrdkit.unlearning import feed as F
+from mrdkit.unlearning import trackers
 from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.lora import save_final_model
 from mrdkit.unlearning.methods import UnlearnMethod
@@ -53,6 +54,7 @@ from mrdkit.unlearning.step import method_loss
 __all__ = ["UnlearnConfig", "UnlearnResult", "UnlearnState", "unlearn"]
 
 LOG = "train_log.jsonl"
+CURVE = "prob_curve.png"
 
 
 @dataclass
@@ -139,6 +141,7 @@ def log_row(r: RunState, row: dict[str, Any]) -> None:
     One ``write`` call per row on an ``O_APPEND`` descriptor, so a killed process leaves whole lines (a torn last
     line, possible only on power loss, is dropped on resume)."""
     r.history.append(row)
+    trackers.log(r.acc, row)
     if r.run_dir and r.acc.is_main_process:
         data = (dumps(row, indent=None) + "\n").encode("utf-8")
         fd = os.open(r.run_dir.file(LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -258,6 +261,21 @@ def _last_with(history: list[dict[str, Any]], key: str, first: bool = False) -> 
     return (rows[0] if first else rows[-1]) if rows else None
 
 
+def plot_probabilities(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """``prob_curve.png``: forget and retain-panel mean P(a|q) against the optimizer step (every measured row)."""
+    from mrdkit.plots import lines
+
+    series = {}
+    for key, label in (("forget_prob", "forget P(a|q)"), ("retain_prob", "retain P(a|q) (panel)")):
+        points = [(row["step"], row[key]) for row in history if row.get(key) is not None]
+        if points:
+            series[label] = ([p[0] for p in points], [p[1] for p in points])
+    if not series:
+        return None
+    return lines(series, path, title="Mean answer probability during unlearning", xlabel="optimizer step",
+                 ylabel="mean P(a|q)")
+
+
 def finish_run(r: RunState, wall: float) -> UnlearnResult:
     r.acc.wait_for_everyone()
     stop_step, reason = r.stop if r.stop else (None, None)
@@ -271,6 +289,7 @@ def finish_run(r: RunState, wall: float) -> UnlearnResult:
         merge = bool(r.cfg.lora and r.cfg.lora.merge_on_save)
         model = save_final_model(r.raw, r.feed.tokenizer, r.run_dir.file("model"), merge=merge)
         summary["model_dir"] = str(r.run_dir.file("model"))
+        plot_probabilities(r.history, r.run_dir.file(CURVE))
         r.run_dir.write_json("summary.json", summary)
         r.run_dir.mark_finished(summary)
     model.eval()
@@ -299,8 +318,9 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
         scores: MRD per forget id (a dict, or a path to ``mrd.jsonl`` with ``id`` / ``mrd`` rows) for the
             score-based samplers; None = score on the fly when the sampler needs scores.
         config: :class:`UnlearnConfig` (defaults are 7B-model values; a tiny model needs ``lr`` ~1e-3).
-        out_dir: run directory (config.json, provenance.json, train_log.jsonl, checkpoints/, model/,
-            summary.json); None = keep everything in memory.
+        out_dir: run directory (config.json, provenance.json, train_log.jsonl, prob_curve.png, checkpoints/,
+            model/, summary.json; tensorboard/ or wandb/ with ``config.report_to``); None = keep everything in
+            memory (no trackers then).
         resume: continue ``out_dir`` from its last checkpoint (same config required; pass the same START model,
             from which the reference copy and the MRD scores are taken again); bitwise equal to an uninterrupted
             run. overwrite: reuse a directory holding a finished run.
@@ -326,10 +346,13 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
     r = build_run(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg, out_dir=out_dir,
                   resume=resume, overwrite=overwrite, idk=idk, ref_model=ref_model, run_meta=run_meta)
     r.callbacks, r.progress = list(callbacks), progress
-    if r.checkpoint:
-        position = _resume(r)
-    else:
-        position = (0, 0, 0)
-        _fresh_start(r)
-    _train(r, *position)
-    return finish_run(r, time.perf_counter() - t0)
+    try:
+        if r.checkpoint:
+            position = _resume(r)
+        else:
+            position = (0, 0, 0)
+            _fresh_start(r)
+        _train(r, *position)
+        return finish_run(r, time.perf_counter() - t0)
+    finally:
+        trackers.finish(r.acc)  # flush the tracker files even when the run fails

@@ -24,6 +24,7 @@ from mrdkit.runs import RunDir, digest
 from mrdkit.samplers import SAMPLERS
 from mrdkit.train import LrSchedule, make_optimizer, make_scheduler
 from mrdkit.unlearning import feed as F
+from mrdkit.unlearning import trackers
 from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.lora import apply_lora, trainable_parameters
 from mrdkit.unlearning.methods import UnlearnMethod, build_method
@@ -111,14 +112,18 @@ def warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> N
                       f"e.g. {both[0]!r}: the retain term will train them back", UserWarning, stacklevel=3)
 
 
-def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod):
-    """accelerate's ``Accelerator`` for this run (CPU when asked), refusing parameter-sharding modes."""
+def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod, out_dir: Any = None):
+    """accelerate's ``Accelerator`` for this run (CPU when asked, trackers of ``cfg.report_to`` writing into
+    ``out_dir``), refusing parameter-sharding modes."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     # RMU reads one layer's activations: parameters above it get no gradient, which DDP must be told about
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if method.needs_activations else []
-    acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers)
+    names = trackers.tracker_names(cfg.report_to)
+    trackers.check_available(names, out_dir)
+    acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers,
+                      **trackers.accelerator_kwargs(names, out_dir))
     check_distributed_type(acc.distributed_type)
     if acc.num_processes > 1:
         from mrdkit.dist import destroy_group_at_exit
@@ -157,7 +162,8 @@ def run_config(cfg, method, sampler, forget, retain, scores, source, targets, me
     another start model (``start``: its :func:`~mrdkit.models.model_fingerprint`)."""
     data = {"forget": {"n": len(forget), "ids": digest([s.id for s in forget])},
             "retain": {"n": len(retain or []), "ids": digest([s.id for s in retain or []])}}
-    return {"unlearn": dataclasses.asdict(cfg), "method": method.hparams(),
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "report_to"}  # a view, not the run's identity
+    return {"unlearn": settings, "method": method.hparams(),
             "sampler": sampler_name(sampler), "data": data,
             "scores": {"source": source, "digest": digest(scores) if scores else None},
             "lora_targets": targets, "start_model": start, **dict(meta or {})}
@@ -167,7 +173,7 @@ def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth
               cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta) -> RunState:
     """Reference, scores, LoRA, run directory, sampler, batches, optimizer, schedule and accelerate, in the order
     that matters: the reference copy and the MRD scores see the start model, before LoRA and any checkpoint."""
-    acc = make_accelerator(cfg, meth)
+    acc = make_accelerator(cfg, meth, out_dir)
     ref = None
     if meth.needs_reference:
         ref = (ref_model if ref_model is not None else clone_frozen(model)).to(acc.device).eval()
@@ -181,6 +187,8 @@ def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth
         raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
     config = run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
     run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
+    if run_dir is not None:
+        trackers.start(acc, trackers.tracker_names(cfg.report_to), run_dir.path, config, resume)
     ckpt = latest_checkpoint(run_dir.path) if resume else None
     resumed = json.loads((ckpt / "state.json").read_text()) if ckpt else None
     smp = F.sampler_for(sampler, init_scores, scorer, cfg, len(forget), acc, resumed)
@@ -193,6 +201,7 @@ def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth
     model.train(cfg.train_mode)
     prepared, prepared_opt = acc.prepare(model, optimizer)
     panel = F.encode(F.monitor_subset(retain, cfg.monitor_retain), tokenizer, cfg) if retain else []
-    info = {"method": meth.name, "sampler": sampler_name(sampler), "scores": source, "lora_targets": targets}
+    info = {"method": meth.name, "sampler": sampler_name(sampler), "scores": source, "lora_targets": targets,
+            "report_to": trackers.tracker_names(cfg.report_to) or None}
     return RunState(cfg, acc, prepared, acc.unwrap_model(prepared), ref, meth, feed, smp, prepared_opt, scheduler,
                     params, total, run_dir, retain_panel=panel, checkpoint=ckpt, raw_optimizer=optimizer, info=info)
