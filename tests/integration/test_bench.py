@@ -83,6 +83,22 @@ def test_samplers_quick(tmp_path):
         assert (tmp_path / "samplers" / name).stat().st_size > 0 and f"`samplers/{name}`" in report
 
 
+def test_samplers_driven_by_another_score_run_beside_the_mrd_driven_ones(tmp_path):
+    opts = {**SMALL_SAMPLERS, "scores": ["mrd_antithetic", "loss"], "seeds": 2}
+    results = run_experiment("samplers", tmp_path, quick=True, options=opts)
+    runs = {(r["sampler"], r["score"], r["seed"]) for r in results["runs"]}
+    assert runs == {(s, d, seed) for seed in (0, 1) for s, d in
+                    (("random", None), ("cga", "mrd_antithetic"), ("cga", "loss"))}
+    assert (tmp_path / "samplers" / "runs" / "ga-cga@loss-s1" / "row.json").is_file()
+    assert (tmp_path / "samplers" / "runs" / "ga-cga-s1" / "row.json").is_file()  # MRD-driven keeps its name
+    paired = {p["score"]: p for p in results["paired"]}
+    assert set(paired) == {"mrd_antithetic", "loss"} and paired["loss"]["n"] == 2
+    lo, mean, hi = (paired["loss"][f"d_retain_Q_A_Prob{k}"] for k in ("_lo", "", "_hi"))
+    assert lo <= mean <= hi
+    report = render_report(tmp_path).read_text()
+    assert "| ga | cga@loss | 2 |" in report and "95% t-interval" in report
+
+
 def test_sampler_curves_average_the_seeds_train_logs(tmp_path):
     from mrdkit.bench.samplers import _mean_curve
     from mrdkit.runs import atomic_write_jsonl

@@ -73,3 +73,23 @@ def truth_settings(ctx: BenchContext) -> dict[str, Any]:
     AdamW at 1e-3 forgets any testbed sample in 1-2 updates (no resolution); these lrs give ~12-35 updates."""
     return {"method": "ga", "lr": float(ctx.options.get("truth_lr", ctx.size(5e-5, 2e-5))), "threshold": 0.02,
             "cap": ctx.size(60, 150)}
+
+
+def difficulty_scores(ctx: BenchContext, loaded, samples: Sequence[Any], names: Sequence[str], lr: float,
+                      stem: str = "scores"):
+    """:func:`~mrdkit.evaluation.scores.score_difficulty` cached in ``ctx.dir/<stem>.jsonl`` (rows) and
+    ``<stem>.json`` (meta + the settings it was made with; recomputed when they change). Step-based scores take
+    GA (AdamW) steps at ``lr``; MRD scores draw K = option ``draws`` (quick 4, full 16)."""
+    from mrdkit.evaluation.scores import ScoreConfig, ScoreTable, score_difficulty
+    from mrdkit.runs import atomic_write_json, atomic_write_jsonl, json_roundtrip, read_json, read_jsonl
+
+    cfg = ScoreConfig(method="ga", lr=lr, threshold=0.02, draws=int(ctx.options.get("draws", ctx.size(4, 16))),
+                      template="auto")
+    key = {"config": cfg.__dict__, "ids": [s.id for s in samples], "names": list(names)}
+    meta_path, rows_path = Path(ctx.dir) / f"{stem}.json", Path(ctx.dir) / f"{stem}.jsonl"
+    if meta_path.is_file() and read_json(meta_path).get("key") == json_roundtrip(key):
+        return ScoreTable(read_jsonl(rows_path), read_json(meta_path))
+    table = score_difficulty(loaded.model, loaded.tokenizer, samples, list(names), cfg)
+    atomic_write_jsonl(rows_path, table.rows)
+    atomic_write_json(meta_path, {**table.meta, "key": key})
+    return table

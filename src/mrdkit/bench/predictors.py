@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mrdkit.bench.common import ground_truth, target_model, truth_settings, validation_samples
+from mrdkit.bench.common import difficulty_scores, ground_truth, target_model, truth_settings, validation_samples
 from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
@@ -32,25 +32,6 @@ CHEAP = ("loss", "n_tokens", "min_k_20", "min_k_40", "zlib", "grad_norm", "looka
 SCORE_NAMES = ("lookahead_3", "lookahead_1", "newton_steps", "grad_curvature", "grad_norm", "loss", "n_tokens",
                "min_k_20", "min_k_40", "zlib", "mrd_antithetic", "mrd_paper")
 SURVIVAL_LR = {"ga": 5e-5, "npo": 2e-4}  # tiny testbed: full-batch runs that forget the set in tens of steps
-
-
-def _scores(ctx: BenchContext, loaded, samples, lr: float):
-    """The score table, cached in ``scores.jsonl`` / ``scores.json`` (recomputed when the settings change)."""
-    from mrdkit.evaluation.scores import ScoreConfig, ScoreTable, score_difficulty
-    from mrdkit.runs import atomic_write_json, atomic_write_jsonl, json_roundtrip, read_json, read_jsonl
-
-    cfg = ScoreConfig(method="ga", lr=lr, threshold=0.02, draws=int(ctx.options.get("draws", ctx.size(4, 16))),
-                      template="auto")
-    names = list(ctx.options.get("scores") or SCORE_NAMES)
-    key = {"config": cfg.__dict__, "ids": [s.id for s in samples], "names": names}
-    meta_path, rows_path = Path(ctx.dir) / "scores.json", Path(ctx.dir) / "scores.jsonl"
-    if meta_path.is_file() and read_json(meta_path).get("key") == json_roundtrip(key):
-        meta = read_json(meta_path)
-        return ScoreTable(read_jsonl(rows_path), meta)
-    table = score_difficulty(loaded.model, loaded.tokenizer, samples, names, cfg)
-    atomic_write_jsonl(rows_path, table.rows)
-    atomic_write_json(meta_path, {**table.meta, "key": key})
-    return table
 
 
 def _survival(ctx: BenchContext, samples, method: str) -> list[dict[str, Any]]:
@@ -114,7 +95,7 @@ def predictors(ctx: BenchContext) -> dict[str, Any]:
     samples = validation_samples(ctx)
     lr = truth_settings(ctx)["lr"]
     ctx.log(f"predictors: difficulty scores on {len(samples)} samples")
-    table = _scores(ctx, loaded, samples, lr)
+    table = difficulty_scores(ctx, loaded, samples, list(ctx.options.get("scores") or SCORE_NAMES), lr)
     ctx.log("predictors: ground truths")
     truths = _truths(ctx, loaded, samples)
     groups = {s.id: s.extra.get("author_id", s.id) for s in samples}
@@ -174,11 +155,27 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
         rows = sorted((r for r in results["rows"] if r["truth"] == label), key=lambda r: -r["harrell_c"])
         text += [f"**{label}**: median {summary['median']} (range {summary['min']}-{summary['max']}), "
                  f"{summary['censored']} of {summary['n']} censored", "", md_table(rows, cols), ""]
+    text += _transfer(results)
     for label, rs in results["forecast"].items():
         text += [f"Online forecast, {label}: C after m steps seen: "
                  + ", ".join(f"m={r['horizon']}: {fmt(r['harrell_c'])}" for r in rs), ""]
     text.append("Plots: `predictors/scatter_best.png`, `predictors/forecast_c.png`.")
     return "\n".join(text), _claims(results)
+
+
+def _transfer(results: dict[str, Any]) -> list[str]:
+    """The transfer table: Harrell's C of every score against every ground truth side by side. The step-based
+    scores take GA steps at the per-sample truth's lr, so only that column is their own setting; the GA survival
+    column changes the protocol (joint, full batch) and lr, the NPO column the method too."""
+    truths = list(results["truth_summary"])
+    if len(truths) < 2:
+        return []
+    by = {(r["score"], r["truth"]): r["harrell_c"] for r in results["rows"]}
+    names = sorted({r["score"] for r in results["rows"]}, key=lambda n: -by.get((n, truths[-1]), 0.5))
+    rows = [{"score": n, **{t: by.get((n, t)) for t in truths}} for n in names]
+    return ["**Transfer** (Harrell's C; step-based scores use GA at the first column's lr, so the other columns "
+            "test them on another protocol, lr or method; C 0.5 = no better than chance):", "",
+            md_table(rows, ["score"] + truths), ""]
 
 
 def _claims(results: dict[str, Any]) -> list[dict[str, Any]]:

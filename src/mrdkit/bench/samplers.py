@@ -4,8 +4,15 @@ Paper claim (Feng et al. 2025, arXiv:2504.06658, section on MRD-guided unlearnin
 samples first ("curriculum gradient ascent") improves unlearning completeness by +1.12% and model utility by
 +2.72% on average over GA / GradDiff / NPO. Here: every {method} x {sampler} x seed unlearns the testbed's forget
 set from the same target model with the same budget; each run is evaluated with the TOFU suite against the
-retain model; differences are paired with ``random`` on the same seed. Every forgetting metric is also broken
-down by MRD quartile of the forget samples (the paper's open question of MRD as a normaliser).
+retain model; differences are paired with ``random`` on the same seed (mean and a 95% t-interval over seeds).
+Every forgetting metric is also broken down by MRD quartile of the forget samples (the paper's open question of
+MRD as a normaliser).
+
+Beyond the paper, option ``scores`` names the difficulty scores that drive the score-based samplers
+(:data:`mrdkit.evaluation.scores.SCORES`; default ``mrd_antithetic``, the paper's choice): with
+``scores=mrd_antithetic,loss`` every score-based sampler runs once per score, so a curriculum driven by the best
+predictor (experiment ``predictors``) is compared with the MRD-driven one on the same seeds. Step-based scores take
+GA steps at the per-sample ground truth's learning rate.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrdkit.bench.common import score, splits, target_model
+from mrdkit.bench.common import difficulty_scores, score, splits, target_model, truth_settings
 from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
 # lr per method on the tiny testbed (the paper's 7B values, 1e-5 / 7e-6, do not move a 4M-parameter model).
 TINY_LR = {"ga": 2e-4, "graddiff": 2e-4, "npo": 5e-4}
 FORGET_TARGET = 0.05  # "forgotten": forget-set mean answer probability at or below this
+MRD_DRIVER = "mrd_antithetic"  # the paper's score; its values come from the experiment's own MRD run
 
 
 def _plan(ctx: BenchContext) -> tuple[list[str], list[str], int]:
@@ -67,15 +75,22 @@ def _steps_to_target(history: list[dict[str, Any]]) -> int | None:
     return None
 
 
-def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: dict[str, float],
-             ref: Path) -> dict[str, Any]:
+def run_name(method: str, sampler: str, driver: str | None, seed: int) -> str:
+    """Run folder name: ``ga-cga-s0`` for MRD-driven and score-free samplers (the paper's runs keep their
+    names), ``ga-cga@loss-s0`` for a sampler driven by another score."""
+    tag = "" if driver in (None, MRD_DRIVER) else f"@{driver}"
+    return f"{method}-{sampler}{tag}-s{seed}"
+
+
+def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: dict[str, float] | None,
+             ref: Path, driver: str | None = None) -> dict[str, Any]:
     from mrdkit.evaluation.runner import evaluate
     from mrdkit.runs import atomic_write_json, read_json
     from mrdkit.unlearning import UnlearnConfig, unlearn
 
-    run_dir = Path(ctx.dir) / "runs" / f"{method}-{sampler}-s{seed}"
+    run_dir = Path(ctx.dir) / "runs" / run_name(method, sampler, driver, seed)
     if (run_dir / "row.json").exists():
-        return read_json(run_dir / "row.json")
+        return {**read_json(run_dir / "row.json"), "score": driver}
     data, loaded = splits(ctx), target_model(ctx, dtype="float32")
     cfg = UnlearnConfig(lr=float(ctx.options.get("lr", TINY_LR.get(method, 2e-4))),
                         epochs=int(ctx.options.get("epochs", ctx.size(2, 5))), batch_size=4, seed=seed,
@@ -89,7 +104,7 @@ def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: di
     ev = evaluate(res.model, loaded.tokenizer, retain_log=ref, out_dir=run_dir / "eval", overwrite=True,
                   **eval_settings(ctx))
     forget_rows = {r["id"]: r for r in ev.rows if r.get("split") == "forget"}
-    row = {"method": method, "sampler": sampler, "seed": seed, "unlearn_s": wall,
+    row = {"method": method, "sampler": sampler, "score": driver, "seed": seed, "unlearn_s": wall,
            "steps": res.history[-1]["step"], "steps_to_target": _steps_to_target(res.history),
            **{k: _metric(ev, k) for k in METRICS}, "forget_prob_by_id": {k: v.get("prob") for k, v in
                                                                           forget_rows.items()}}
@@ -98,7 +113,10 @@ def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: di
 
 
 METRICS = ["forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
-           "retain_Q_A_Prob"]
+           "retain_Q_A_Prob", "retain_Truth_Ratio"]
+# paired with random: utility and retention (higher = better), forgetting (lower P = more forgotten), effort
+PAIRED = ("model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio", "forget_Q_A_Prob", "forget_truth_ratio",
+          "forget_quality", "steps_to_target")
 
 
 def _metric(ev, name: str) -> float | None:
@@ -108,24 +126,47 @@ def _metric(ev, name: str) -> float | None:
 @experiment("samplers", summary="random vs MRD-guided samplers x unlearning methods x seeds (TOFU metrics)",
             order=3, render=lambda results, d: render(results, d))
 def samplers(ctx: BenchContext) -> dict[str, Any]:
+    from mrdkit.samplers import SAMPLERS
+
     methods, sampler_names, seeds = _plan(ctx)
     data = splits(ctx)
     tic = time.perf_counter()
     mrd = score(ctx, target_model(ctx), data["forget"], "mrd_forget", estimator="antithetic", proxies=False)
     mrd_cost = time.perf_counter() - tic
+    drivers = driver_scores(ctx, data["forget"], mrd.scores())
     ref = reference_log(ctx)
     rows = []
     for method in methods:
         for sampler in sampler_names:
-            for seed in range(seeds):
-                ctx.log(f"samplers: {method} x {sampler} seed {seed}")
-                rows.append(_one_run(ctx, method, sampler, seed, mrd.scores(), ref))
+            uses_scores = SAMPLERS.get(sampler).needs_scores
+            for driver in (drivers if uses_scores else [None]):
+                for seed in range(seeds):
+                    ctx.log(f"samplers: {method} x {sampler}{'' if driver is None else f' [{driver}]'} seed {seed}")
+                    rows.append(_one_run(ctx, method, sampler, seed, drivers.get(driver), ref,
+                                         driver if uses_scores else None))
     return {"methods": methods, "samplers": sampler_names, "seeds": seeds, "mrd_cost_s": mrd_cost,
-            "stop_prob": stop_prob(ctx),
+            "scores": list(drivers), "stop_prob": stop_prob(ctx),
             "forget_target": FORGET_TARGET, "runs": [{k: v for k, v in r.items() if k != "forget_prob_by_id"}
                                                      for r in rows],
             "summary": summarize(rows), "paired": paired_vs_random(rows),
             "quartiles": quartile_breakdown(rows, mrd.scores())}
+
+
+def driver_scores(ctx: BenchContext, forget: list, mrd: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{score name: {id: value oriented so that higher = easier}}`` for option ``scores`` (default: MRD only).
+    MRD (antithetic) comes from the experiment's MRD run; other scores from
+    :func:`~mrdkit.bench.common.difficulty_scores` on the target model (cached in ``driver_scores.jsonl``)."""
+    from mrdkit.evaluation.scores import parse_names
+    from mrdkit.samplers import orient
+
+    names = parse_names(ctx.options.get("scores") or [MRD_DRIVER])
+    others = [n for n in names if n != MRD_DRIVER]
+    out = {MRD_DRIVER: mrd} if MRD_DRIVER in names else {}
+    if others:
+        table = difficulty_scores(ctx, target_model(ctx), forget, others, truth_settings(ctx)["lr"],
+                                  stem="driver_scores")
+        out.update({n: orient(table.column(n), table.meta["scores"][n]["direction"]) for n in others})
+    return {n: out[n] for n in names}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -135,32 +176,52 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(method, sampler, score) with score "" for score-free samplers (sortable)."""
+    return row["method"], row["sampler"], row.get("score") or ""
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds of every metric per (method, sampler)."""
+    """Mean and std over seeds of every metric per (method, sampler, score)."""
     out = []
-    for key in sorted({(r["method"], r["sampler"]) for r in rows}):
-        group = [r for r in rows if (r["method"], r["sampler"]) == key]
-        entry: dict[str, Any] = {"method": key[0], "sampler": key[1], "n": len(group)}
+    for key in sorted({_key(r) for r in rows}):
+        group = [r for r in rows if _key(r) == key]
+        entry: dict[str, Any] = {"method": key[0], "sampler": key[1], "score": key[2] or None, "n": len(group)}
         for m in METRICS + ["steps_to_target", "unlearn_s"]:
             entry[m], entry[f"{m}_std"] = _mean_std([r.get(m) for r in group])
         out.append(entry)
     return out
 
 
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """Mean and the two-sided Student-t interval ``mean +- t_{(1+level)/2, n-1} s / sqrt(n)`` over seeds
+    (None bounds for n < 2)."""
+    from scipy import stats
+
+    if not values:
+        return None, None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def paired_vs_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, sampler != random): mean over seeds of (sampler - random) on the same seed, and relative %."""
+    """Per (method, sampler != random, score): over seeds, (sampler - random) on the same seed: mean, 95% t-CI,
+    std, and the mean relative difference in %."""
     base = {(r["method"], r["seed"]): r for r in rows if r["sampler"] == "random"}
     out = []
-    for key in sorted({(r["method"], r["sampler"]) for r in rows if r["sampler"] != "random"}):
-        group = [r for r in rows if (r["method"], r["sampler"]) == key and (r["method"], r["seed"]) in base]
-        entry: dict[str, Any] = {"method": key[0], "sampler": key[1], "n": len(group)}
-        for m in ("model_utility", "retain_Q_A_Prob", "forget_Q_A_Prob", "forget_quality"):
-            diffs = [r[m] - base[(r["method"], r["seed"])][m] for r in group
-                     if r.get(m) is not None and base[(r["method"], r["seed"])].get(m) is not None]
-            rel = [(r[m] - base[(r["method"], r["seed"])][m]) / abs(base[(r["method"], r["seed"])][m]) * 100
-                   for r in group if r.get(m) is not None and base[(r["method"], r["seed"])].get(m)]
-            entry[f"d_{m}"], entry[f"d_{m}_std"] = _mean_std(diffs)
-            entry[f"rel_{m}_pct"], _ = _mean_std(rel)
+    for key in sorted({_key(r) for r in rows if r["sampler"] != "random"}):
+        group = [r for r in rows if _key(r) == key and (r["method"], r["seed"]) in base]
+        entry: dict[str, Any] = {"method": key[0], "sampler": key[1], "score": key[2] or None, "n": len(group)}
+        for m in PAIRED:
+            pairs = [(r.get(m), base[(r["method"], r["seed"])].get(m)) for r in group]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            diffs = [a - b for a, b in pairs]
+            entry[f"d_{m}"], entry[f"d_{m}_lo"], entry[f"d_{m}_hi"] = mean_ci(diffs)
+            entry[f"d_{m}_std"] = _mean_std(diffs)[1]
+            entry[f"rel_{m}_pct"] = _mean_std([(a - b) / abs(b) * 100 for a, b in pairs if b])[0]
         out.append(entry)
     return out
 
@@ -170,9 +231,9 @@ def quartile_breakdown(rows: list[dict[str, Any]], scores: dict[str, float]) -> 
     ranked = sorted(scores, key=lambda i: scores[i])
     quart = {sid: min(3, 4 * pos // len(ranked)) + 1 for pos, sid in enumerate(ranked)}
     out = []
-    for key in sorted({(r["method"], r["sampler"]) for r in rows}):
-        group = [r for r in rows if (r["method"], r["sampler"]) == key]
-        entry: dict[str, Any] = {"method": key[0], "sampler": key[1]}
+    for key in sorted({_key(r) for r in rows}):
+        group = [r for r in rows if _key(r) == key]
+        entry: dict[str, Any] = {"method": key[0], "sampler": key[1], "score": key[2] or None}
         for q in range(1, 5):
             vals = [p for r in group for sid, p in r["forget_prob_by_id"].items() if quart.get(sid) == q
                     and p is not None]
@@ -181,29 +242,50 @@ def quartile_breakdown(rows: list[dict[str, Any]], scores: dict[str, float]) -> 
     return out
 
 
+def label(row: dict[str, Any]) -> str:
+    """Sampler label of a summary / paired row: ``cga`` (MRD-driven or score-free), ``cga@loss`` (other score)."""
+    score_name = row.get("score")
+    return row["sampler"] if score_name in (None, MRD_DRIVER) else f"{row['sampler']}@{score_name}"
+
+
+def _with_ci(row: dict[str, Any], metric: str) -> str:
+    """``mean [lo, hi]`` of a paired difference (just the mean when there is no interval)."""
+    mean, lo, hi = row.get(f"d_{metric}"), row.get(f"d_{metric}_lo"), row.get(f"d_{metric}_hi")
+    return fmt(mean) if lo is None or hi is None else f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _paired_display(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"method": p["method"], "sampler": label(p), "n": p["n"],
+             **{m: _with_ci(p, m) for m in PAIRED if f"d_{m}" in p}} for p in paired]
+
+
 def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     """Report section + claims for ``samplers``."""
-    cols = ["method", "sampler", "n", "forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-            "steps_to_target", "unlearn_s"]
-    pcols = ["method", "sampler", "n", "d_model_utility", "rel_model_utility_pct", "d_forget_Q_A_Prob",
-             "rel_forget_Q_A_Prob_pct", "d_forget_quality"]
+    cols = ["method", "sampler", "n", "forget_quality", "model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio",
+            "forget_Q_A_Prob", "forget_Q_A_ROUGE", "steps_to_target", "unlearn_s"]
+    pcols = ["method", "sampler", "n", "retain_Q_A_Prob", "retain_Truth_Ratio", "model_utility", "forget_Q_A_Prob",
+             "forget_truth_ratio", "steps_to_target"]
+    drivers = results.get("scores") or [MRD_DRIVER]
     text = [
         f"Methods {', '.join(results['methods'])}; samplers {', '.join(results['samplers'])}; {results['seeds']} "
-        f"seed(s). MRD of the forget set (antithetic) cost {fmt(results['mrd_cost_s'])} s once. `steps_to_target`: "
+        f"seed(s); score-based samplers driven by {', '.join(drivers)} (`cga@loss` = CGA driven by `loss`). MRD of "
+        f"the forget set (antithetic) cost {fmt(results['mrd_cost_s'])} s once. `steps_to_target`: "
         f"first logged step with forget-set mean probability <= {results['forget_target']}. "
         + (f"Each run stopped once that probability was <= {results['stop_prob']} (equal-forgetting comparison)."
            if results.get("stop_prob") is not None else "Every run used the full budget (the paper's protocol)."),
-        "", "**Mean over seeds**", "", md_table(results["summary"], cols), "",
-        "**Paired differences vs `random` (same seed)**: d = sampler - random; rel = relative %.", "",
-        md_table(results["paired"], pcols), "",
+        "", "**Mean over seeds**", "", md_table([{**r, "sampler": label(r)} for r in results["summary"]], cols), "",
+        "**Paired differences vs `random` (same seed)**: sampler - random, mean over seeds [95% t-interval]. "
+        "Retain P and truth ratio: higher = better kept; forget P: lower = more forgotten.", "",
+        md_table(_paired_display(results["paired"]), pcols), "",
         "**Forget-answer probability after unlearning by MRD quartile** (Q1 = lowest MRD = predicted hardest)", "",
-        md_table(results["quartiles"], ["method", "sampler", "Q1", "Q2", "Q3", "Q4"]),
+        md_table([{**r, "sampler": label(r)} for r in results["quartiles"]],
+                 ["method", "sampler", "Q1", "Q2", "Q3", "Q4"]),
     ]
     figures = curve_plots(results, exp_dir) + bar_plots(results, exp_dir)
     if figures:
         text += ["", "Plots: " + ", ".join(f"`samplers/{p.name}`" for p in figures) + "."]
     claims = []
-    cga = [p for p in results["paired"] if p["sampler"] == "cga"]
+    cga = [p for p in results["paired"] if p["sampler"] == "cga" and p.get("score") in (None, MRD_DRIVER)]
     if cga:
         util_key = "model_utility" if any(p["rel_model_utility_pct"] is not None for p in cga) else "retain_Q_A_Prob"
         claims.append(_cga_claim("MRD-guided sampling (CGA) improves model utility", "+2.72% (avg)", cga,
@@ -240,6 +322,7 @@ def _cga_claim(claim: str, paper: str, cga: list[dict[str, Any]], key: str, labe
 
 BAR_METRICS = {"forget_quality": "forget quality (KS p-value; higher = closer to retain model)",
                "model_utility": "model utility (higher = better)",
+               "retain_Q_A_Prob": "retain P(a|q) (higher = better kept)",
                "forget_Q_A_Prob": "forget P(a|q) (lower = more forgotten)"}
 
 
@@ -265,19 +348,20 @@ def curve_plots(results: dict[str, Any], exp_dir: Path) -> list[Path]:
 
     written = []
     for method in results["methods"]:
-        for key, label in (("forget_prob", "forget"), ("retain_prob", "retain")):
+        rows = [r for r in results["summary"] if r["method"] == method]
+        for key, which in (("forget_prob", "forget"), ("retain_prob", "retain")):
             series, bands = {}, {}
-            for sampler in results["samplers"]:
-                logs = [exp_dir / "runs" / f"{method}-{sampler}-s{seed}" / "unlearn" / "train_log.jsonl"
-                        for seed in range(results["seeds"])]
+            for row in rows:
+                logs = [exp_dir / "runs" / run_name(method, row["sampler"], row.get("score"), seed) / "unlearn"
+                        / "train_log.jsonl" for seed in range(results["seeds"])]
                 logs = [log for log in logs if log.is_file()]
                 if logs:
                     steps, mean, std = _mean_curve(logs, key)
-                    series[sampler], bands[sampler] = (steps, mean), std
+                    series[label(row)], bands[label(row)] = (steps, mean), std
             if series:
-                written.append(plots.lines(series, exp_dir / f"curve_{label}_{method}.png", bands=bands,
-                                           title=f"{method}: {label}-set P(a|q) during unlearning",
-                                           xlabel="update step", ylabel=f"mean {label} P(a|q)"))
+                written.append(plots.lines(series, exp_dir / f"curve_{which}_{method}.png", bands=bands,
+                                           title=f"{method}: {which}-set P(a|q) during unlearning",
+                                           xlabel="update step", ylabel=f"mean {which} P(a|q)"))
     return written
 
 
@@ -286,14 +370,14 @@ def bar_plots(results: dict[str, Any], exp_dir: Path) -> list[Path]:
     from mrdkit import plots
 
     written = []
-    for metric, label in BAR_METRICS.items():
+    for metric, title in BAR_METRICS.items():
         groups: dict[str, dict[str, float]] = {}
         errors: dict[str, dict[str, float]] = {}
         for row in results["summary"]:
             if row.get(metric) is not None:
-                groups.setdefault(row["method"], {})[row["sampler"]] = row[metric]
-                errors.setdefault(row["method"], {})[row["sampler"]] = row.get(f"{metric}_std") or 0.0
+                groups.setdefault(row["method"], {})[label(row)] = row[metric]
+                errors.setdefault(row["method"], {})[label(row)] = row.get(f"{metric}_std") or 0.0
         if groups:
-            written.append(plots.bars(groups, exp_dir / f"bars_{metric}.png", title=label, ylabel=metric,
+            written.append(plots.bars(groups, exp_dir / f"bars_{metric}.png", title=title, ylabel=metric,
                                       errors=errors))
     return written

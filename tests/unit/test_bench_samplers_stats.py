@@ -1,0 +1,35 @@
+"""The samplers experiment's paired statistics, checked against numbers worked out by hand."""
+
+import pytest
+
+from mrdkit.bench.samplers import label, mean_ci, paired_vs_random
+
+
+def test_mean_ci_is_the_student_t_interval():
+    # values 1, 2, 3: mean 2, s = 1, t_{0.975, 2} = 4.302652729749464 -> half-width 4.302652729749464 / sqrt(3)
+    mean, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert lo == pytest.approx(2 - 2.4841377118) and hi == pytest.approx(2 + 2.4841377118)
+    assert mean_ci([5.0]) == (5.0, None, None) and mean_ci([]) == (None, None, None)
+
+
+def test_paired_differences_pair_each_seed_with_its_own_random_run():
+    rows = [{"method": "ga", "sampler": "random", "seed": 0, "retain_Q_A_Prob": 0.5},
+            {"method": "ga", "sampler": "random", "seed": 1, "retain_Q_A_Prob": 0.3},
+            {"method": "ga", "sampler": "cga", "score": "loss", "seed": 0, "retain_Q_A_Prob": 0.6},
+            {"method": "ga", "sampler": "cga", "score": "loss", "seed": 1, "retain_Q_A_Prob": 0.6},
+            {"method": "ga", "sampler": "cga", "score": "mrd_antithetic", "seed": 0, "retain_Q_A_Prob": 0.4}]
+    paired = {p["score"]: p for p in paired_vs_random(rows)}
+    # loss: diffs 0.1 and 0.3 -> mean 0.2, s = 0.1414, t_{0.975,1} = 12.706204736 -> half 12.7062 * 0.1 = 1.27062
+    assert paired["loss"]["d_retain_Q_A_Prob"] == pytest.approx(0.2)
+    assert paired["loss"]["d_retain_Q_A_Prob_hi"] == pytest.approx(0.2 + 1.2706204736)
+    assert paired["loss"]["rel_retain_Q_A_Prob_pct"] == pytest.approx((20 + 100) / 2)
+    assert paired["mrd_antithetic"]["n"] == 1 and paired["mrd_antithetic"]["d_retain_Q_A_Prob"] == pytest.approx(-0.1)
+    assert paired["mrd_antithetic"]["d_retain_Q_A_Prob_lo"] is None
+    assert paired["loss"]["d_forget_Q_A_Prob"] is None  # no such metric in the rows
+
+
+def test_labels_name_the_driving_score_unless_it_is_mrd():
+    assert label({"sampler": "cga", "score": "mrd_antithetic"}) == "cga"
+    assert label({"sampler": "random", "score": None}) == "random"
+    assert label({"sampler": "curriculum", "score": "lookahead_3"}) == "curriculum@lookahead_3"
