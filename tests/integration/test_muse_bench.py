@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -42,6 +43,15 @@ def test_muse_experiment_quick(tmp_path, monkeypatch, muse_data):
         rows = [json.loads(line) for line in (exp / f"updates_{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 8 and all(r["id"].startswith("muse_forget:") for r in rows)
         assert results["correlations"][name][0]["score"] == "mrd"
+    truths = {"updates (GA adamw, per chunk)", "updates (GA sgd, per chunk)", "survival (GA, joint)"}
+    assert set(results["predictors"]["truth_summary"]) == truths
+    survival = [json.loads(line) for line in (exp / "survival_ga.jsonl").read_text().splitlines()]
+    assert len(survival) == 8
+    for r in (r for r in survival if not r["censored"]):  # the first step at or below log 0.02
+        traj, step = r["trajectory"], r["survival_step"]
+        assert traj[step] <= math.log(0.02) and all(f > math.log(0.02) for f in traj[:step])
+    scored = {r["score"] for r in results["predictors"]["rows"] if r["truth"] == "survival (GA, joint)"}
+    assert {"lookahead_3", "loss", "mrd_antithetic", "learned (cheap, CV by article)"} <= scored
     runs = [json.loads(line) for line in (exp / "samplers.jsonl").read_text().splitlines()]
     assert sorted(r["sampler"] for r in runs) == ["cga", "random"]
     target = results["reference"]["target"]
@@ -51,5 +61,6 @@ def test_muse_experiment_quick(tmp_path, monkeypatch, muse_data):
     report = render_report(tmp_path / "bench").read_text()
     assert "## muse (quick run" in report and "raw/forget.json` rows 0-5" in report
     assert "MRD predicts required updates on raw-text chunks" in report
+    assert "**Difficulty scores on the forget chunks**" in report
     again = run_experiment("muse", tmp_path / "bench", quick=True, options=OPTIONS)
     assert again["wall_s"] == results["wall_s"]  # finished: not run again

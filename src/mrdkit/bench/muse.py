@@ -9,7 +9,10 @@ MUSE-News (Shi et al. 2024, arXiv:2407.06460) has the same shape and is open. On
    the chunk's length-normalised probability is <= 0.02 (:func:`mrdkit.evaluation.difficulty.required_updates`);
 3. correlates the two (high MRD = easy: a working score has Spearman < 0 and Harrell's C > 0.5);
 4. compares the forget-set samplers ``random`` and ``cga`` (MRD-weighted, the paper's CGA) under NPO+RT, with
-   MUSE-style measures suited to a tiny model (:func:`measure_model`).
+   MUSE-style measures suited to a tiny model (:func:`measure_model`);
+5. beyond the paper: every difficulty score of :data:`mrdkit.evaluation.scores.SCORES` (as experiment
+   ``predictors``) against both per-chunk ground truths and the joint survival step of full-batch GA on all
+   forget chunks, with a learned combination cross-validated by article.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrdkit.bench.common import score
+from mrdkit.bench.common import difficulty_scores, score
 from mrdkit.bench.registry import BenchContext, experiment
 from mrdkit.bench.report import fmt, md_table
 
@@ -208,18 +211,53 @@ def _muse(ctx: BenchContext) -> dict[str, Any]:
     ctx.log(f"muse: MRD on {len(chunks['forget'])} forget chunks")
     mrd = score(ctx, loaded, chunks["forget"], "mrd", estimator="antithetic")
     mrd_rows = mrd.rows()
-    truths, tables = {}, {}
+    truths, tables, truths_rows = {}, {}, {}
     for name in TRUTHS:
-        truths[name], rows = _truth(ctx, loaded, chunks["forget"], name)
-        tables[name] = _correlations(ctx, mrd_rows, rows, name)
+        truths[name], truths_rows[name] = _truth(ctx, loaded, chunks["forget"], name)
+        tables[name] = _correlations(ctx, mrd_rows, truths_rows[name], name)
+    predict = _predictors(ctx, loaded, chunks["forget"], truths_rows)
     settings = {"method": "npo", "alpha": 1.0, "lr": 2e-4, "epochs": 5, "batch_size": 4}
     runs = _sampler_rows(ctx, chunks, mrd.scores(), ref["retain"]["auc"], settings)
     return {"variant": variant, "recipe": info["recipe"], "subset": info["subset"], "sizes": info["sizes"],
             "testbed": info["metrics"], "build_seconds": info["build_seconds"], "reference": ref,
             "mrd": {"n": len(mrd_rows), "resolved": sum(r["resolved"] for r in mrd_rows),
                     "median": sorted(r["mrd"] for r in mrd_rows)[len(mrd_rows) // 2]},
-            "truth": truths, "correlations": tables, "unlearning": settings, "runs": runs,
+            "truth": truths, "correlations": tables, "predictors": predict, "unlearning": settings, "runs": runs,
             "sampler_means": _mean_rows(runs)}
+
+
+SURVIVAL = {"method": "ga", "lr": 1e-4}  # joint full-batch GA on all forget chunks (option survival_lr)
+
+
+def _predictors(ctx: BenchContext, loaded: Any, forget: list, truths_rows: dict[str, list]) -> dict[str, Any]:
+    """Every difficulty score against the per-chunk ground truths and the joint GA survival step."""
+    from mrdkit.bench.predictors import SCORE_NAMES, oriented_scores, score_table, truth_summary
+    from mrdkit.evaluation.survival import SurvivalConfig, joint_survival
+    from mrdkit.runs import atomic_write_json, atomic_write_jsonl, json_roundtrip, read_json, read_jsonl
+    from mrdkit.testbed.muse import load_muse_testbed
+
+    ctx.log(f"muse: difficulty scores on {len(forget)} forget chunks")
+    table = difficulty_scores(ctx, loaded, forget, list(ctx.options.get("scores") or SCORE_NAMES),
+                              TRUTHS["adamw"]["lr"])
+    cfg = SurvivalConfig(method=SURVIVAL["method"], lr=float(ctx.options.get("survival_lr", SURVIVAL["lr"])),
+                         max_steps=int(ctx.options.get("max_steps", ctx.size(60, 200))), template="raw")
+    path, key = Path(ctx.dir) / "survival_ga.jsonl", {"config": cfg.__dict__, "ids": [s.id for s in forget]}
+    if path.is_file() and (Path(ctx.dir) / "survival_ga.json").is_file() \
+            and read_json(Path(ctx.dir) / "survival_ga.json") == json_roundtrip(key):
+        survival = read_jsonl(path)
+    else:
+        ctx.log("muse: joint survival (GA, full batch)")
+        start = load_muse_testbed(_variant(ctx), "target", **_where(ctx))  # float32, as a user unlearns
+        survival = joint_survival(start.model, start.tokenizer, forget, config=cfg)
+        atomic_write_jsonl(path, survival)
+        atomic_write_json(Path(ctx.dir) / "survival_ga.json", key)
+    truths = {f"updates (GA {name}, per chunk)": (rows, "updates") for name, rows in truths_rows.items()}
+    truths["survival (GA, joint)"] = (survival, "survival_step")
+    groups = {s.id: s.extra.get("doc", s.id) for s in forget}
+    costs = {n: info["cost"] for n, info in table.meta["scores"].items()}
+    rows = score_table(oriented_scores(table), costs, truths, groups, ctx.size(200, 1000), group_name="article")
+    return {"rows": rows, "survival_lr": cfg.lr, "max_steps": cfg.max_steps, "draws": table.meta["config"]["draws"],
+            "truth_summary": {label: truth_summary(t, col) for label, (t, col) in truths.items()}}
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -257,6 +295,26 @@ def _claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     return claims
 
 
+def _predictor_text(predict: dict[str, Any] | None) -> list[str]:
+    """The difficulty-score table (Harrell's C per ground truth, Spearman [CI] on the joint survival)."""
+    if not predict:
+        return []
+    truths = list(predict["truth_summary"])
+    by = {(r["score"], r["truth"]): r for r in predict["rows"]}
+    last = truths[-1]
+    names = sorted({r["score"] for r in predict["rows"]}, key=lambda n: -by[(n, last)]["harrell_c"])
+    rows = [{"score": n, **{t: by[(n, t)]["harrell_c"] for t in truths},
+             "survival spearman [CI]": f"{fmt(by[(n, last)]['spearman'])} [{fmt(by[(n, last)]['ci_low'])}, "
+                                       f"{fmt(by[(n, last)]['ci_high'])}]", "cost": by[(n, last)]["cost"]}
+            for n in names]
+    summ = "; ".join(f"{t}: median {s['median']}, {s['censored']} of {s['n']} censored"
+                     for t, s in predict["truth_summary"].items())
+    return [f"**Difficulty scores on the forget chunks** (Harrell's C, every score oriented higher = easier; 0.5 = "
+            f"chance). Joint survival: full-batch GA (AdamW, lr {fmt(predict['survival_lr'])}, up to "
+            f"{predict['max_steps']} steps), first step with P(chunk) <= 0.02. MRD scores at K = {predict['draws']}. "
+            f"{summ}.", "", md_table(rows, ["score", *truths, "survival spearman [CI]", "cost"]), ""]
+
+
 def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     """Report section + claims for ``muse``."""
     u, m = results["unlearning"], results["mrd"]
@@ -279,6 +337,6 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
              f"({fmt(results['reference']['retain']['auc'])}).", "",
              md_table(ref_rows + _mean_rows(results["runs"]), ["model", "forget_prob", "forget_prob_sd",
                                                                  *MEASURES[1:3], "retain_prob_sd", *MEASURES[3:]]),
-             "",
+             "", *_predictor_text(results.get("predictors")),
              "Scatter plots: `muse/correlations/<truth>/scatter_*.png`; runs: `muse/samplers.jsonl`."]
     return "\n".join(text), _claims(results)

@@ -62,23 +62,26 @@ def _truths(ctx: BenchContext, loaded, samples) -> dict[str, tuple[list[dict], s
     return out
 
 
-def _oriented_scores(table) -> dict[str, dict[str, float]]:
+def oriented_scores(table) -> dict[str, dict[str, float]]:
     from mrdkit.samplers import orient
 
     return {name: orient(table.column(name), info["direction"]) for name, info in table.meta["scores"].items()}
 
 
-def _table(scores: dict[str, dict[str, float]], costs: dict[str, float], truths, groups, n_boot: int) -> list[dict]:
-    """One row per (score, ground truth): Spearman [CI] on the uncensored, Harrell's C, cost."""
+def score_table(scores: dict[str, dict[str, float]], costs: dict[str, float], truths, groups, n_boot: int,
+                group_name: str = "author") -> list[dict]:
+    """One row per (score, ground truth): Spearman [CI] on the uncensored, Harrell's C, cost; plus the learned
+    combination of the cheap scores, cross-validated with folds grouped by ``groups`` (TOFU author, MUSE
+    article) so that no group is in a training and a test fold."""
     from mrdkit.evaluation.predictors import evaluate_score, learned_scores
 
     rows, n_groups = [], len(set(groups.values()))
     for label, (truth, col) in truths.items():
         candidates = list(scores.items())
-        if n_groups >= 2 and all(k in scores for k in CHEAP):  # a CV grouped by author needs two authors
+        if n_groups >= 2 and all(k in scores for k in CHEAP):  # a grouped CV needs two groups
             learned = learned_scores({k: scores[k] for k in CHEAP}, truth, truth_col=col, groups=groups,
                                      folds=min(5, n_groups))
-            candidates.append(("learned (cheap, CV by author)", learned))
+            candidates.append((f"learned (cheap, CV by {group_name})", learned))
         for name, values in candidates:
             cost = costs.get(name, sum(costs[k] for k in CHEAP))
             rows.append({"score": name, "truth": label, "cost": cost,
@@ -100,19 +103,19 @@ def predictors(ctx: BenchContext) -> dict[str, Any]:
     truths = _truths(ctx, loaded, samples)
     groups = {s.id: s.extra.get("author_id", s.id) for s in samples}
     costs = {n: info["cost"] for n, info in table.meta["scores"].items()}
-    rows = _table(_oriented_scores(table), costs, truths, groups, ctx.size(200, 1000))
+    rows = score_table(oriented_scores(table), costs, truths, groups, ctx.size(200, 1000))
     horizons = [m for m in (1, 2, 4, 8, 16) if m <= int(ctx.options.get("max_steps", ctx.size(40, 200)))]
     forecast = {label: forecast_concordance(t, horizons, 0.02) for label, (t, col) in truths.items()
                 if col == "survival_step"}
     _plots(ctx, table, truths, rows, forecast)
     return {"n_samples": len(samples), "truth": truth_settings(ctx), "lookahead_lr": lr,
             "survival_lr": {m: float(ctx.options.get(f"{m}_lr", SURVIVAL_LR[m])) for m in SURVIVAL_LR},
-            "truth_summary": {label: _summary(t, col) for label, (t, col) in truths.items()},
+            "truth_summary": {label: truth_summary(t, col) for label, (t, col) in truths.items()},
             "mrd_draws": table.meta["config"]["draws"], "rows": rows, "forecast": forecast,
             "seconds": {n: info["seconds"] for n, info in table.meta["scores"].items()}}
 
 
-def _summary(rows: list[dict], col: str) -> dict[str, Any]:
+def truth_summary(rows: list[dict], col: str) -> dict[str, Any]:
     times = sorted(r[col] for r in rows if not r.get("censored"))
     return {"n": len(rows), "censored": sum(bool(r.get("censored")) for r in rows),
             "median": times[len(times) // 2] if times else None, "min": times[0] if times else None,
