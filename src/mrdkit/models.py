@@ -107,6 +107,11 @@ def refuse_half_for_mrd(dtype: torch.dtype) -> None:
         )
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's floating parameters (the first one's; mrdkit loads models in one dtype)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def check_mrd_dtype(model: torch.nn.Module) -> None:
     """Raise :class:`MrdkitError` if any floating parameter of ``model`` is bfloat16 or float16 (see module doc)."""
     for p in model.parameters():
