@@ -15,7 +15,8 @@ import typer
 
 from mrdkit.cli.options import ENCODING_HELP
 
-difficulty_app = typer.Typer(help="Difficulty scores, ground truths, and how well the scores predict them.")
+difficulty_app = typer.Typer(help="Difficulty scores, ground truths, and how well the scores predict them.",
+                             rich_markup_mode=None)
 
 
 @difficulty_app.command("truth")

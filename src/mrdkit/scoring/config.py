@@ -62,7 +62,7 @@ class MRDConfig:
         if not (ok and (self.sigma > 0 or (allow_zero_sigma and self.sigma == 0))):
             raise MrdkitError(f"sigma must be a finite positive number, got {self.sigma!r}")
         if not allow_zero_sigma:
-            _check_sigma_range(float(self.sigma))
+            check_sigma_range(float(self.sigma))
         if self.clip is not None and not (isinstance(self.clip, (int, float)) and math.isfinite(self.clip)
                                           and self.clip > 0):
             raise MrdkitError(f"clip must be a positive number (the largest MRD kept; the reference code clips at "
@@ -97,7 +97,7 @@ class MRDConfig:
         return replace(self, **overrides).validate(allow_zero_sigma=allow_zero_sigma)
 
 
-def _check_sigma_range(sigma: float) -> None:
+def check_sigma_range(sigma: float) -> None:
     """One-line refusal of a sigma outside :data:`SIGMA_RANGE`, with the reason."""
     low, high = SIGMA_RANGE
     if sigma < low:

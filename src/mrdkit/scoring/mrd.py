@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from mrdkit.data.templates import resolve_template
 from mrdkit.dist import gather_objects, init_distributed, on_rank0, wants_distributed
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import model_device
-from mrdkit.data.templates import resolve_template
 from mrdkit.models import check_mrd_dtype, fit_max_length, model_dtype, model_fingerprint, resolve_model
 from mrdkit.runs import RunDir, atomic_path, check_output_dir, digest, dumps, run_state
 from mrdkit.scoring.config import MRDConfig
