@@ -52,7 +52,7 @@ def test_csv_parquet_txt(tmp_path):
 def test_fmt_overrides_suffix(tmp_path):
     path = _write(tmp_path / "data.dat", "\n".join(json.dumps(r) for r in QA))
     assert len(load_samples(path, fmt="jsonl")) == 2
-    with pytest.raises(MrdkitError, match=r"data\.dat: unknown format 'dat' \(known: .*\); pass fmt="):
+    with pytest.raises(MrdkitError, match=r"data\.dat: unknown format .dat. \(known: .*\); pass --format \(fmt= in Python\)"):
         load_samples(path)
 
 

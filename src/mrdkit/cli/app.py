@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from mrdkit.cli import bench, difficulty, evaluate, score, unlearn
-from mrdkit.cli.options import ANSWER_KEY, FIELD, FORMAT, QUESTION_KEY, TEXT_KEY
+from mrdkit.cli.options import ANSWER_KEY, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
 app = typer.Typer(
     name="mrd",
@@ -91,6 +91,7 @@ def data_inspect(
     text_key: Optional[str] = TEXT_KEY,
     field: Optional[str] = FIELD,
     fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
     model: Optional[str] = typer.Option(None, help="model spec whose tokenizer gives token-length stats (only the "
                                                    "tokenizer is loaded)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
@@ -100,7 +101,7 @@ def data_inspect(
     from mrdkit.data import inspect_samples
     from mrdkit.runs import dumps
 
-    samples = load_data(path, split=split, options=data_options(question_key, answer_key, text_key, field, fmt))
+    samples = load_data(path, split=split, options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
     tokenizer = None
     if model is not None:
         from mrdkit.testbed.specs import load_tokenizer

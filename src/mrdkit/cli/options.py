@@ -11,7 +11,7 @@ ENCODING_HELP = ("how prompt + answer become tokens: joint (one string, as TOFU;
 TOKEN_SET_HELP = "tokens scored: all (the MRD authors': after the first, before EOS) | all_eos | answer"
 
 
-# The one data-option vocabulary: every command that reads data files takes these five (mrd score, unlearn, eval,
+# The one data-option vocabulary: every command that reads data files takes these six (mrd score, unlearn, eval,
 # data inspect, difficulty truth / score / survival), and mrdkit's data errors name them (mrdkit.data.samples).
 QUESTION_KEY = typer.Option(None, "--question-key", help="field holding the question (dotted for nested: qa.q)")
 ANSWER_KEY = typer.Option(None, "--answer-key", help="field holding the answer (dotted for nested: qa.a)")
@@ -20,13 +20,16 @@ FIELD = typer.Option(None, "--field", help="JSON: the key holding the list of re
                                            "an object, e.g. data for {\"data\": [...]}")
 FORMAT = typer.Option(None, "--format", help="file format when the name does not tell it: json | jsonl | csv | "
                                              "tsv | parquet | txt")
+ID_KEY = typer.Option(None, "--id-key", help="field holding unique sample ids (default: id if present, else "
+                                             "<file>:<row>)")
 
 
 def data_options(question_key: Optional[str] = None, answer_key: Optional[str] = None,
-                 text_key: Optional[str] = None, field: Optional[str] = None,
-                 fmt: Optional[str] = None) -> dict[str, Optional[str]]:
+                 text_key: Optional[str] = None, field: Optional[str] = None, fmt: Optional[str] = None,
+                 id_key: Optional[str] = None) -> dict[str, Optional[str]]:
     """The data options of a command as :func:`mrdkit.data.load_samples` keywords (unset ones left out)."""
-    given = dict(question_key=question_key, answer_key=answer_key, text_key=text_key, field=field, fmt=fmt)
+    given = dict(question_key=question_key, answer_key=answer_key, text_key=text_key, field=field, fmt=fmt,
+                 id_key=id_key)
     return {k: v for k, v in given.items() if v is not None}
 
 

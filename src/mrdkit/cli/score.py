@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, QUESTION_KEY, TEXT_KEY, TOKEN_SET_HELP
+from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY, TOKEN_SET_HELP
 
 
 def score_command(
@@ -42,6 +42,7 @@ def score_command(
     text_key: Optional[str] = TEXT_KEY,
     field: Optional[str] = FIELD,
     fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
     set_: List[str] = typer.Option([], "--set", help="extra MRD setting key=value (repeatable)"),
@@ -64,7 +65,7 @@ def score_command(
     cfg = apply_overrides(cfg, set_).validate()
     check_out(out)
     samples = load_data(data, split=split, limit=limit,
-                        options=data_options(question_key, answer_key, text_key, field, fmt))
+                        options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
     loaded = load_model_for(model, samples, dtype="float32" if dtype == "auto" else dtype,
                             device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
     if chunk_tokens is not None:
