@@ -165,3 +165,19 @@ def test_harrell_c_equals_the_pair_counts_on_random_censored_data():
     events = rng.random(60) > 0.3
     c = concordance_counts(scores, times, events)
     assert harrell_c(scores, times, events) == pytest.approx((c["concordant"] + 0.5 * c["tied"]) / c["comparable"])
+
+
+def test_partial_spearman_p_value_uses_n_minus_2_minus_k_degrees_of_freedom():
+    """Eight points, one control: dof = 8 - 2 - 1 = 5; t = rho sqrt(5 / (1 - rho^2)), p = 2 P(T_5 > |t|). With
+    n - 2 = 6 degrees of freedom the p-value would be visibly smaller."""
+    from scipy import stats
+
+    from mrdkit.evaluation.correlation import partial_spearman
+
+    x = [1, 2, 3, 4, 5, 6, 7, 8]
+    y = [2, 1, 4, 3, 6, 8, 5, 7]
+    z = [1, 3, 2, 5, 4, 6, 8, 7]
+    rho, p, n = partial_spearman(x, y, [z])
+    t = rho * math.sqrt(5 / (1 - rho ** 2))
+    assert n == 8 and p == pytest.approx(2 * stats.t.sf(abs(t), 5), rel=1e-12)
+    assert abs(p - 2 * stats.t.sf(abs(rho * math.sqrt(6 / (1 - rho ** 2))), 6)) > 1e-3

@@ -156,6 +156,23 @@ def test_start_values_match_hand_math_and_hf_loss(batches):
     assert abs(step(build_method("kl")).parts["retain_loss"]) < 1e-12
 
 
+@pytest.mark.parametrize("name, gamma, alpha", [("graddiff", 2.0, 3.0), ("npo", 0.5, 4.0)])
+def test_total_weighs_forget_by_gamma_and_retain_by_alpha(batches, name, gamma, alpha):
+    """L = gamma * L_forget + alpha * L_retain with both terms worked out independently: at model == reference,
+    GA's forget term is -(HF loss on the forget batch) and NPO's is (2 / beta) ln 2; the NLL retain term is the HF
+    loss on the retain batch. Dropping either weight (or swapping them) changes the total."""
+    model = tiny_gpt2().eval()
+    ref = frozen_copy(model)
+    hf = {k: float(model(**{f: batches[k][f] for f in ("input_ids", "attention_mask", "labels")}).loss.detach())
+          for k in ("forget", "retain")}
+    method = build_method(name, gamma=gamma, alpha=alpha)
+    out = method.compute(gather_step_inputs(method, model, ref, batches["forget"], batches["retain"]))
+    forget = -hf["forget"] if name == "graddiff" else 20 * math.log(2)
+    assert out.parts["forget_loss"] == pytest.approx(forget, rel=1e-5)
+    assert out.parts["retain_loss"] == pytest.approx(hf["retain"], rel=1e-5)
+    assert float(out.total.detach()) == pytest.approx(gamma * forget + alpha * hf["retain"], rel=1e-5)
+
+
 def test_rmu_control_vector_is_seeded_unit_norm():
     a, b, c = (build_method("rmu", seed=s).control_vector(32) for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
