@@ -170,6 +170,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo(f"interrupted; {_resume_hint(argv)}", err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the except above
+            typer.echo(f"interrupted; {_resume_hint(argv)}", err=True)
+        raise
 
 
 def _resume_hint(argv: Optional[List[str]]) -> str:

@@ -330,6 +330,9 @@ def evaluate(
                 reference_model=None if reference is None else reference[2] or "in-memory reference model",
                 tasks=_task_list(tasks), num_fewshot=num_fewshot,
                 include_path=None if include_path is None else str(include_path))
+    from mrdkit.data.templates import resolve_template
+
+    opts["template_used"] = resolve_template(template, tok)  # what "auto" picked (not part of the identity)
     if benchmark == "muse-books" and opts["data"] is None:
         opts["data"] = "muse:books"
     if benchmark == "lm-eval":
