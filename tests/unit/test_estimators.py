@@ -82,6 +82,16 @@ def test_resolved_threshold_sits_at_two_standard_errors():
     assert est.unresolved.tolist() == [True, False]
 
 
+def test_antithetic_single_draw_has_infinite_spread_and_stderr():
+    """One antithetic pair: no spread can be estimated (std with ddof 1 of one value): inf, never NaN."""
+    acc = AntitheticAccumulator(1)
+    acc.add(0, torch.tensor([0.3], dtype=F64), torch.tensor([0.1], dtype=F64))
+    est = acc.finalize()
+    assert est.mean.tolist() == pytest.approx([0.2]) and est.first_order_mean.tolist() == pytest.approx([0.1])
+    assert math.isinf(float(est.first_order_spread[0])) and math.isinf(float(est.stderr[0]))
+    assert bool(est.unresolved[0])
+
+
 def test_non_finite_or_zero_variance_is_never_resolved():
     mean = torch.tensor([float("nan"), 1.0, 1.0, 1.0, float("inf"), 1.0], dtype=F64)
     stderr = torch.tensor([0.1, float("nan"), 0.0, 0.1, 0.1, float("inf")], dtype=F64)

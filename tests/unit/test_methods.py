@@ -142,6 +142,12 @@ def test_flags_and_defaults_table():
     assert {n for n, m in rows.items() if m.needs_activations} == {"rmu"}
     assert (rows["npo"].beta, rows["npo"].alpha, rows["idkdpo"].beta) == (0.1, 0.0, 0.1)
     assert (rows["rmu"].layer, rows["rmu"].steering_coef, rows["rmu"].alpha) == (7, 20.0, 100.0)
+    # (gamma, alpha) of every method: open-unlearning's configs (GradDiff / KL / IDK gamma = alpha = 1, SimNPO
+    # gamma 0.125), retain-free GA and plain NPO (alpha 0), WMDP's RMU alpha 100
+    assert {n: (m.gamma, m.alpha) for n, m in rows.items()} == {
+        "ga": (1.0, 0.0), "graddiff": (1.0, 1.0), "kl": (1.0, 1.0), "npo": (1.0, 0.0), "simnpo": (0.125, 1.0),
+        "idk": (1.0, 1.0), "idkdpo": (1.0, 1.0), "rmu": (1.0, 100.0)}
+    assert (rows["simnpo"].beta, rows["simnpo"].delta) == (4.5, 0.0)
 
 
 def test_start_values_match_hand_math_and_hf_loss(batches):
