@@ -81,6 +81,28 @@ def test_cga_sample_at_the_median_is_on_the_high_side():
     assert build("cga", [0.1, 0.5, 0.5, 0.9]).weights().tolist() == [0.4, 0.6, 0.6, 0.6]
 
 
+def test_defaults_and_edges_by_hand():
+    """The default seed is 0 (the documented toy stream); one sample is a valid forget set; softmax needs a
+    temperature > 0; pace_epochs = 0 means the whole pool from the first epoch."""
+    assert list(build("random", n=6)) == [5, 2, 1, 4, 0, 3] == list(build("random", n=6, seed=0))
+    assert list(build("cga", [0.7])) == [0] and list(build("mrd_weighted", [0.7])) == [0]
+    with pytest.raises(MrdkitError, match="temperature must be > 0, got 0"):
+        build("mrd_weighted", [0.1, 0.2], mode="softmax", temperature=0)
+    assert list(build("curriculum", TOY, pace_epochs=0)) == [3, 4, 1, 2, 5, 0]
+
+
+def test_step_pacing_with_two_steps_quantises_to_halves():
+    """start 0.5, pace 4 epochs, 2 steps: progress 0, .25, .5, .75, 1 -> floor(2 x) / 2 = 0, 0, .5, .5, 1 -> pool
+    fractions .5, .5, .75, .75, 1 of 8 samples = 4, 4, 6, 6, 8."""
+    sampler = build("curriculum", [0.8, 0.1, 0.5, 0.3, 0.9, 0.2, 0.7, 0.4], start_frac=0.5, pace_epochs=4,
+                    pacing="step", steps=2)
+    sizes = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        sizes.append(sampler.pool_size())
+    assert sizes == [4, 4, 6, 6, 8]
+
+
 def test_curriculum_with_equal_scores_is_sequential():
     for name in ("curriculum", "anti_curriculum"):
         assert list(build(name, [0.5] * 7, start_frac=1.0)) == list(build("sequential", n=7))
