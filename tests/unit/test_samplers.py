@@ -89,6 +89,19 @@ def test_defaults_and_edges_by_hand():
     with pytest.raises(MrdkitError, match="temperature must be > 0, got 0"):
         build("mrd_weighted", [0.1, 0.2], mode="softmax", temperature=0)
     assert list(build("curriculum", TOY, pace_epochs=0)) == [3, 4, 1, 2, 5, 0]
+    assert list(build("random", n=1)) == [0]  # one sample without scores
+    with pytest.raises(MrdkitError, match="start_frac"):
+        build("curriculum", TOY, start_frac=1.5)
+    # a pool of 0.1 x 3 samples rounds up to ONE sample (the easiest: highest MRD), not two
+    assert list(build("curriculum", [0.3, 0.1, 0.2], start_frac=0.1)) == [0]
+
+
+def test_refresh_scores_epoch_0_at_construction_when_given_no_scores():
+    asked = []
+    sampler = build("refresh", None, rescore=lambda e: asked.append(e) or TOY, inner="cga", seed=0)
+    assert asked == [0]
+    sampler.set_epoch(1)
+    assert asked == [0, 1]
 
 
 def test_step_pacing_with_two_steps_quantises_to_halves():
