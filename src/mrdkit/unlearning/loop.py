@@ -290,7 +290,7 @@ def check_weights_changed(r: RunState, start_digest: str) -> bool:
     return changed
 
 
-def finish_run(r: RunState, wall: float, start_digest: str | None = None) -> UnlearnResult:
+def finish_run(r: RunState, wall: float) -> UnlearnResult:
     r.acc.wait_for_everyone()
     stop_step, reason = r.stop if r.stop else (None, None)
     summary = {"status": "stopped" if r.stop else "completed", "steps": r.history[-1]["step"], "total_steps": r.total,
@@ -298,8 +298,8 @@ def finish_run(r: RunState, wall: float, start_digest: str | None = None) -> Unl
                **{f"{k}_{end}": _last_with(r.history, k, end == "start") for k in ("forget_prob", "retain_prob")
                   for end in ("start", "end")},
                "trainable_params": sum(p.numel() for p in r.params.values()), "wall_s": round(wall, 2), **r.info}
-    if start_digest is not None:
-        summary["weights_changed"] = check_weights_changed(r, start_digest)
+    if r.start_weights is not None:
+        summary["weights_changed"] = check_weights_changed(r, r.start_weights)
     model = r.raw
     if r.run_dir is not None and r.acc.is_main_process:
         merge = bool(r.cfg.lora and r.cfg.lora.merge_on_save)
@@ -362,7 +362,7 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
     r = build_run(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg, out_dir=out_dir,
                   resume=resume, overwrite=overwrite, idk=idk, ref_model=ref_model, run_meta=run_meta)
     r.callbacks, r.progress = list(callbacks), progress
-    start_digest = weights_digest(r.params.items())  # the start weights, before a resumed run loads its checkpoint
+    r.start_weights = weights_digest(r.params.items())  # before a resumed run loads its checkpoint
     try:
         if r.checkpoint:
             position = _resume(r)
@@ -370,6 +370,6 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
             position = (0, 0, 0)
             _fresh_start(r)
         _train(r, *position)
-        return finish_run(r, time.perf_counter() - t0, start_digest)
+        return finish_run(r, time.perf_counter() - t0)
     finally:
         trackers.finish(r.acc)  # flush the tracker files even when the run fails

@@ -74,6 +74,7 @@ class RunState:
     checkpoint: Path | None = None  # the checkpoint to resume from
     raw_optimizer: Any = None  # the optimizer accelerate wrapped (checkpoints load into it)
     info: dict[str, Any] = field(default_factory=dict)  # method / sampler / scores / LoRA targets for the summary
+    start_weights: str | None = None  # weights_digest of the trainable parameters before any update
 
 
 def resolve_method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
