@@ -56,7 +56,7 @@ def score_command(
     from mrdkit.config import apply_overrides
     from mrdkit.progress import progress_bar
     from mrdkit.scoring.config import MRDConfig
-    from mrdkit.scoring.mrd import choose_dtype, score_mrd
+    from mrdkit.scoring.mrd import float32_is_enough, score_mrd
 
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     encoding=encoding,
@@ -66,12 +66,17 @@ def score_command(
     check_out(out)
     samples = load_data(data, split=split, limit=limit,
                         options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
-    loaded = load_model_for(model, samples, dtype="float32" if dtype == "auto" else dtype,
-                            device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
-    if chunk_tokens is not None:
-        samples = chunk_texts(samples, loaded.tokenizer, chunk_tokens)
+    load = dict(device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+    loaded = load_model_for(model, samples, dtype="float32" if dtype == "auto" else dtype, **load)
+    chunked = chunk_texts(samples, loaded.tokenizer, chunk_tokens) if chunk_tokens is not None else samples
+    precision = (dtype, "asked for (--dtype)")
+    if dtype == "auto":
+        enough, why = float32_is_enough(loaded, chunked, cfg)
+        precision = ("float32" if enough else "float64", why)
+        if not enough:  # the safe dtype where the floor check says float32 cannot carry MRD
+            loaded = load_model_for(model, samples, dtype="float64", **load)
+    samples = chunked
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
-    precision = choose_dtype(loaded, samples, cfg) if dtype == "auto" else (dtype, "asked for (--dtype)")
     if check_sigma and main_rank:
         _print_sigma_check(loaded, samples, cfg)
     with progress_bar(f"MRD {cfg.estimator} K={cfg.draws}", cfg.draws, show=None if main_rank else False) as bar:

@@ -210,22 +210,18 @@ def check_floor(diagnostics: dict[str, Any], cfg: MRDConfig) -> None:
                           f"--sigma, or pass --allow-floor to keep a run whose every sample is unresolved")
 
 
-def choose_dtype(loaded: Any, samples: Sequence[Any], cfg: MRDConfig) -> tuple[str, str]:
-    """``--dtype auto``: keep float32 where its rounding floor lets MRD through, else move ``loaded.model`` to
-    float64 (exact: every float32 number is a float64 number, so this equals loading in float64).
-
-    Returns ``(dtype name, reason)``; the reason is printed and stored in the run's config."""
-    current = model_dtype(loaded.model)
-    if current == torch.float64 or not cfg.diagnostics:
-        return str(current).removeprefix("torch."), "as loaded"
+def float32_is_enough(loaded: Any, samples: Sequence[Any], cfg: MRDConfig) -> tuple[bool, str]:
+    """``--dtype auto``: does a float32 model pass the floor check (:func:`~mrdkit.scoring.engine.floor_check`) for
+    these samples and settings? Returns ``(ok, reason)``; the caller loads the model in float64 when not ok
+    (loading, not casting: a model stored in float64 would lose its low bits in a float32 round trip)."""
+    if model_dtype(loaded.model) != torch.float32 or not cfg.diagnostics:
+        return True, "as loaded"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # float32 failing is the expected news here, not a warning
         check = floor_check(loaded.model, make_batches(samples, loaded.tokenizer, cfg, loaded.model), cfg)
     if check["ok"]:
-        return "float32", "auto: float32 passes the floor check"
-    loaded.model.to(torch.float64)
-    loaded.dtype = torch.float64
-    return "float64", "auto: float32 is not enough: " + check["reason"].removeprefix("floor check failed: ")
+        return True, "auto: float32 passes the floor check"
+    return False, "auto: float32 is not enough: " + check["reason"].removeprefix("floor check failed: ")
 
 
 def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, config: Optional[MRDConfig] = None,
