@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -107,6 +107,11 @@ def refuse_half_for_mrd(dtype: torch.dtype) -> None:
         )
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's floating parameters (the first one's; mrdkit loads models in one dtype)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def check_mrd_dtype(model: torch.nn.Module) -> None:
     """Raise :class:`MrdkitError` if any floating parameter of ``model`` is bfloat16 or float16 (see module doc)."""
     for p in model.parameters():
@@ -150,12 +155,24 @@ def finish_loading(model: Any, tokenizer: Any, spec: str, *, dtype: Any = "float
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     if for_mrd:
         refuse_half_for_mrd(torch_dtype)
+    check_vocabulary(model, tokenizer, spec)
     model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     ensure_pad_token(tokenizer, model)
     if for_mrd:
         check_mrd_dtype(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, dtype=torch_dtype, device=dev)
+
+
+def check_vocabulary(model: Any, tokenizer: Any, spec: str) -> None:
+    """Refuse a tokenizer that can emit ids past the model's embedding table (a tokenizer saved from another model):
+    the forward pass would fail deep inside with an IndexError, after a run folder had been started."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise MrdkitError(f"model {spec!r}: its tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                          f"{rows} rows, so token ids >= {rows} would index past it; save the tokenizer that belongs "
+                          f"to these weights in the model folder")
 
 
 def context_length(model: Any) -> int | None:
@@ -197,19 +214,26 @@ def model_fingerprint(model: torch.nn.Module, values_per_tensor: int = 32) -> di
     ``weights`` hashes, for every parameter in order, its name, shape and dtype, its float64 sum and 2-norm
     (any change of the weights moves these except by measure-zero coincidence) and ``values_per_tensor``
     evenly spaced entries. One pass of reductions: ~0.1 s for a 135M model on CPU."""
-    digest, n_params = hashlib.blake2b(digest_size=8), 0
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    return {"class": type(model).__name__, "dtype": "+".join(dtypes),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "weights": weights_digest(model.named_parameters(), values_per_tensor)}
+
+
+def weights_digest(named: Iterable[tuple[str, torch.Tensor]], values_per_tensor: int = 32) -> str:
+    """The hash behind :func:`model_fingerprint` over any ``(name, tensor)`` pairs (e.g. only the trainable
+    parameters of a LoRA run): name, shape, dtype, float64 sum and 2-norm, ``values_per_tensor`` evenly spaced
+    entries of each tensor."""
+    digest = hashlib.blake2b(digest_size=8)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for name, param in named:
             flat = param.detach().reshape(-1)
-            n_params += flat.numel()
             picks = flat[:: max(1, flat.numel() // values_per_tensor)][:values_per_tensor]
             moments = torch.stack([flat.sum(dtype=torch.float64),
                                    torch.linalg.vector_norm(flat, dtype=torch.float64)])
             digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
             digest.update(torch.cat([moments, picks.double()]).cpu().numpy().tobytes())
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    return {"class": type(model).__name__, "dtype": "+".join(dtypes), "n_params": n_params,
-            "weights": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------- directories and hub ids
@@ -270,11 +294,16 @@ def load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: Any
             f"model {spec!r} is not in the local Hugging Face cache and the hub is unreachable (HF_HUB_OFFLINE=1): "
             f"download it where the hub is reachable, or pass an existing local directory"
         )
+    from safetensors import SafetensorError
+
+    where = source if local else f"{spec!r} from the Hugging Face hub"
     try:
         model, tokenizer = _from_pretrained(source, cached, torch_dtype, hf)
     except OSError as err:
-        where = source if local else f"{spec!r} from the Hugging Face hub"
         raise MrdkitError(f"cannot load model {where}: {_first_line(err)}") from None
+    except SafetensorError as err:  # a truncated or damaged weights file (an interrupted copy or download)
+        raise MrdkitError(f"cannot read the weights of model {where}: {_first_line(err)} (a truncated or damaged "
+                          f"model.safetensors? copy or save the model again)") from None
     except ValueError as err:
         if "trust_remote_code" not in str(err) or isinstance(err, MrdkitError):
             raise
@@ -429,6 +458,41 @@ def load_model(
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise MrdkitError(f"unknown model {spec!r}: {hint}(use a model directory, a hub id org/name, "
                       f"{', '.join(NAMED_SPECS)})")
+
+
+def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False,
+                   tiny_texts: Sequence[str] | None = None) -> Any:
+    """Only the tokenizer of a model spec (``mrd data inspect --model``): no weights are read, so a large or damaged
+    weights file costs nothing. Specs as :func:`load_model` (testbed names: ``mrdkit.testbed.specs``)."""
+    spec = str(spec)
+    if spec == "tiny" or spec.startswith(("tiny-", "tiny:")):
+        return load_model(spec, tiny_texts=tiny_texts, device="cpu").tokenizer  # fitted on the spot, < 1 s
+    path = Path(spec).expanduser()
+    if spec == "smollm2":
+        path = smollm2_dir()
+    if path.exists():
+        check_model_dir(path)
+        return _tokenizer_from(str(path), spec, True, trust_remote_code)
+    if HUB_ID.fullmatch(spec):
+        cached = in_hub_cache(spec)
+        if not cached and hub_offline():
+            raise MrdkitError(f"model {spec!r} is not in the local Hugging Face cache and the hub is unreachable "
+                              f"(HF_HUB_OFFLINE=1)")
+        return _tokenizer_from(spec, spec, cached, trust_remote_code)
+    return load_model(spec).tokenizer  # the same one-line errors as load_model for every other spec
+
+
+def _tokenizer_from(source: str, spec: str, local_only: bool, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise MrdkitError(f"cannot load the tokenizer of {spec}: {_first_line(err)}") from None
+    if len(tokenizer) < 2:
+        raise MrdkitError(f"the tokenizer loaded for {spec} is empty (no tokenizer files?)")
+    return tokenizer
 
 
 def resolve_model(model: Any, tokenizer: Any = None, *, dtype: Any = "float32", device: str = "auto",

@@ -3,6 +3,11 @@
 A run directory holds ``config.json`` (resolved config), ``provenance.json`` (versions, device, git SHA, time),
 per-sample JSONL, aggregate JSON and plots. Every write is atomic (temp file in the same folder + ``os.replace``)
 so a killed job never leaves a half-written file; ``--resume`` refuses a directory made with another config.
+
+Two guards keep a run from destroying anything (:meth:`RunDir._prepare`): a folder that holds files but is not an
+mrdkit run (no ``provenance.json``: a model folder, a user's own results) is never written into, and one process
+at a time writes a run folder (an OS file lock on ``<run>/.mrdkit.lock``, held until the run finishes or the
+process ends, so a killed run never leaves a stale lock).
 """
 
 from __future__ import annotations
@@ -49,15 +54,33 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default, allow_nan=True))), indent=indent)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: Python has no getter before 3.13's os API)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_ordinary_output(path: str | Path) -> None:
+    """Give ``path`` the permissions of any file (or folder) the user creates: ``0o666`` (``0o777``) less the
+    umask. Why: ``mkstemp`` / ``mkdtemp`` make private 0600 / 0700 entries, so outputs renamed into place from them
+    would be unreadable by the user's group, unlike everything else they write."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically, on error it is removed."""
+    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically (with ordinary permissions,
+    :func:`as_ordinary_output`), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            as_ordinary_output(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -239,6 +262,69 @@ def safe_join(root: str | Path, name: str) -> Path:
 
 
 RUN_STATES = ("absent", "finished", "unfinished", "other")
+LOCK_FILE = ".mrdkit.lock"
+PROVENANCE = "provenance.json"
+_HELD_LOCKS: dict[Path, Any] = {}  # run folders this process holds the lock of (resolved path -> FileLock)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is an mrdkit run folder: every run writes ``provenance.json`` before anything else."""
+    return (Path(path) / PROVENANCE).is_file()
+
+
+def _own_leftover(entry: Path) -> bool:
+    """Entries mrdkit itself may leave in a folder before it is a run: its lock file, atomic-write temp files."""
+    return entry.name == LOCK_FILE or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse to write into ``path`` when it holds anything that is not an mrdkit run: a model folder (``mrd score
+    --out MODEL`` would replace its ``config.json``), a user's own ``summary.json`` / ``mrd.jsonl``. A missing or
+    empty folder, or an mrdkit run (reuse / resume / refuse is then :class:`RunDir`'s decision), passes.
+
+    Called by every command before its model loads, and again by :class:`RunDir` (the one place that writes)."""
+    path = Path(path)
+    if not path.is_dir() or is_run_dir(path):
+        return
+    foreign = sorted(e.name for e in path.iterdir() if not _own_leftover(e))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise MrdkitError(f"{path} is not an mrdkit run folder and is not empty (it holds {shown}); mrdkit writes "
+                          f"only into a new or empty folder or its own runs: choose another --out")
+
+
+def _launcher_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when not launched), read from the environment."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def lock_run_dir(path: str | Path) -> None:
+    """Hold ``<path>/.mrdkit.lock`` (an OS lock through ``filelock``) so a second process cannot write the same run
+    at the same time; refused with a one-line error when another process holds it.
+
+    The lock lives until :func:`release_run_dir` (a run's end) or this process exits (the OS drops it then, so a
+    killed run never leaves a stale lock). Re-opening a run this process already holds is allowed (a resumed call
+    in the same process). Under a multi-process launcher only rank 0 takes it: the ranks of one job share the run.
+    """
+    from filelock import FileLock, Timeout
+
+    key = Path(path).resolve()
+    if key in _HELD_LOCKS or _launcher_rank() != 0:
+        return
+    lock = FileLock(str(key / LOCK_FILE), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise MrdkitError(f"{path} is in use by another mrdkit process (it holds {key / LOCK_FILE}); wait for it to "
+                          f"finish or choose another --out") from None
+    _HELD_LOCKS[key] = lock
+
+
+def release_run_dir(path: str | Path) -> None:
+    """Release the lock :func:`lock_run_dir` took on ``path`` (nothing when this process does not hold it)."""
+    lock = _HELD_LOCKS.pop(Path(path).resolve(), None)
+    if lock is not None:
+        lock.release(force=True)
 
 
 def run_state(path: str | Path, config: Mapping[str, Any]) -> str:
@@ -277,12 +363,14 @@ class RunDir:
 
     def _prepare(self, resume: bool, overwrite: bool) -> None:
         stored = self.path / self.CONFIG
+        check_output_dir(self.path)  # before anything is created or written: not even --overwrite replaces a model
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MrdkitError(f"cannot create output directory {self.path}: {exc.strerror}") from None
         if not os.access(self.path, os.W_OK):
             raise MrdkitError(f"output directory {self.path} is not writable")
+        lock_run_dir(self.path)
         if stored.exists() and resume:
             refuse_if_differs(read_json(stored), self.config, f"--resume refused: {self.path} was made with a "
                               f"different config", "resume with the same settings, or use --overwrite")
@@ -290,8 +378,8 @@ class RunDir:
             raise MrdkitError(f"{self.path} already holds a finished run; use --resume, --overwrite or another --out")
         if not resume:  # a new run: an earlier DONE.json must not vouch for outputs this run has not written yet
             (self.path / "DONE.json").unlink(missing_ok=True)
+        atomic_write_json(self.path / PROVENANCE, provenance())  # first: it marks the folder as an mrdkit run
         atomic_write_json(stored, self.config)
-        atomic_write_json(self.path / "provenance.json", provenance())
 
     @classmethod
     def open(cls, path: str | Path, config: Mapping[str, Any], *, other: str = "refuse") -> tuple[RunDir, str]:
@@ -335,6 +423,7 @@ class RunDir:
         behind are removed (every writer has finished by now)."""
         self.write_json("DONE.json", dict(summary or {}))
         sweep_temp_files(self.path)
+        release_run_dir(self.path)
 
     def is_finished(self) -> bool:
         return (self.path / "DONE.json").exists()

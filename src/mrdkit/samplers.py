@@ -253,8 +253,11 @@ class CurriculumSampler(MrdSampler):
 
     def order(self) -> list[int]:
         """All indices easy-to-hard (hard-to-easy for the anti-curriculum); ties by index."""
-        sign = 1.0 if self.hardest_first else -1.0
-        return sorted(range(self.n), key=lambda i: (sign * float(self.scores[i]), i))
+        def key(i: int) -> tuple[float, int]:
+            score = float(self.scores[i])
+            return (score if self.hardest_first else -score, i)
+
+        return sorted(range(self.n), key=key)
 
     def pool_fraction(self, epoch: int) -> float:
         ratio = 1.0 if self.pace_epochs == 0 else epoch / self.pace_epochs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ def load_script(name: str):
     """Import ``benchmarks/<name>.py`` as a module."""
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses with postponed annotations look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -106,3 +108,19 @@ def test_variance_prefixes_equal_shorter_runs():
     long = variance.score_values(lm.model, batches, "antithetic", 0, 8, 1e-5)
     short = score_batches(lm.model, batches, draws=2, sigma=1e-5, estimator="antithetic", seed=0).estimate.values
     assert long.shape[1] == 4 and torch.equal(long[:, :2], short)
+
+
+def test_mutation_check_plans_one_node_changes_without_running_tests(capsys):
+    """benchmarks/mutation_check.py stays runnable: --list draws the mutants (no test runs, under a second); each
+    mutant differs from the module in exactly the line it names."""
+    import ast
+
+    check = load_script("mutation_check")
+    assert check.main(["--list", "--per-module", "2"]) == {"mutants": 2 * len(check.TARGETS)}
+    assert len(capsys.readouterr().out.splitlines()) == 2 * len(check.TARGETS)
+    source = (BENCHMARKS.parent / "src" / "mrdkit" / "scoring" / "estimators.py").read_text()
+    original = ast.unparse(ast.parse(source)).splitlines()
+    for index in range(len(check.candidates(ast.parse(source)))):
+        mutated = check.apply(source, index)[0].splitlines()
+        assert len(mutated) == len(original)
+        assert sum(a != b for a, b in zip(original, mutated)) == 1

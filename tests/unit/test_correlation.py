@@ -1,5 +1,6 @@
 """Rank correlations with bootstrap CIs, Harrell's C with censoring, and the correlation table."""
 
+import json
 import math
 
 import numpy as np
@@ -165,3 +166,80 @@ def test_harrell_c_equals_the_pair_counts_on_random_censored_data():
     events = rng.random(60) > 0.3
     c = concordance_counts(scores, times, events)
     assert harrell_c(scores, times, events) == pytest.approx((c["concordant"] + 0.5 * c["tied"]) / c["comparable"])
+
+
+def test_partial_spearman_p_value_uses_n_minus_2_minus_k_degrees_of_freedom():
+    """Eight points, one control: dof = 8 - 2 - 1 = 5; t = rho sqrt(5 / (1 - rho^2)), p = 2 P(T_5 > |t|). With
+    n - 2 = 6 degrees of freedom the p-value would be visibly smaller."""
+    from scipy import stats
+
+    from mrdkit.evaluation.correlation import partial_spearman
+
+    x = [1, 2, 3, 4, 5, 6, 7, 8]
+    y = [2, 1, 4, 3, 6, 8, 5, 7]
+    z = [1, 3, 2, 5, 4, 6, 8, 7]
+    rho, p, n = partial_spearman(x, y, [z])
+    t = rho * math.sqrt(5 / (1 - rho ** 2))
+    assert n == 8 and p == pytest.approx(2 * stats.t.sf(abs(t), 5), rel=1e-12)
+    assert abs(p - 2 * stats.t.sf(abs(rho * math.sqrt(6 / (1 - rho ** 2))), 6)) > 1e-3
+
+
+def _bootstrap_by_hand(x, y, method, n_boot, seed, ci):
+    """The percentile bootstrap from its definition: n_boot resamples of the n pairs (indices 0..n-1 with
+    replacement, numpy Generator seeded with derive_seed(seed, "bootstrap", method)), the statistic of each by
+    scipy, NaNs dropped, the (1 - ci) / 2 and (1 + ci) / 2 percentiles."""
+    from scipy import stats
+
+    from mrdkit.seeding import derive_seed
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    idx = np.random.default_rng(derive_seed(seed, "bootstrap", method)).integers(0, x.size, size=(n_boot, x.size))
+    fn = stats.spearmanr if method == "spearman" else stats.kendalltau
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        boot = np.array([fn(x[i], y[i]).statistic for i in idx])
+    boot = boot[~np.isnan(boot)]
+    return tuple(np.percentile(boot, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]))
+
+
+@pytest.mark.parametrize("method", ["spearman", "kendall"])
+def test_bootstrap_ci_matches_its_definition_with_the_default_seed(method):
+    x = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0, 5.5, 3.5]
+    y = [2.0, 1.0, 3.0, 2.5, 6.0, 7.0, 1.5, 4.0, 8.0, 3.0]
+    res = correlate(x, y, method=method, n_boot=200, ci=0.9)  # default seed: 0
+    low, high = _bootstrap_by_hand(x, y, method, 200, 0, 0.9)
+    assert (res.ci_low, res.ci_high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    assert low < res.rho < high
+
+
+def test_correlate_refuses_a_negative_bootstrap_count():
+    with pytest.raises(MrdkitError, match="n_boot >= 0"):
+        correlate([1, 2, 3, 4], [1, 3, 2, 4], n_boot=-1, ci=0.9)
+
+
+def test_partial_spearman_needs_k_plus_4_points():
+    """k controls leave n - 2 - k degrees of freedom: with k = 1, 5 points are the fewest it computes on."""
+    from mrdkit.evaluation.correlation import partial_spearman
+
+    x, y, z = [1, 2, 3, 4, 5], [2, 1, 4, 5, 3], [1, 3, 2, 5, 4]
+    rho, p, n = partial_spearman(x, y, [z])
+    assert n == 5 and np.isfinite(rho) and np.isfinite(p)
+    assert np.isnan(partial_spearman(x[:4], y[:4], [z[:4]])[0])
+
+
+def test_correlation_table_without_events_has_no_censoring():
+    table = correlation_table({"s": [1, 2, 3, 4, 5], "t": [2, 1, 4, 3, 5]}, "t", ["s"], n_boot=0)
+    assert table[0]["n_censored"] == 0 and table[0]["n"] == 5
+
+
+def test_correlation_report_writes_its_files_with_the_default_seed(tmp_path):
+    from mrdkit.evaluation.correlation import correlation_report
+
+    scores = [{"id": f"s{i}", "mrd": v} for i, v in enumerate([0.3, 0.1, 0.4, 0.2, 0.5, 0.9, 0.6, 0.7])]
+    truth = [{"id": f"s{i}", "updates": u, "censored": False} for i, u in enumerate([4, 7, 5, 3, 2, 1, 6, 2.5])]
+    table = correlation_report(scores, truth, n_boot=50, out_dir=tmp_path)
+    assert table == correlation_report(scores, truth, n_boot=50, seed=0)
+    assert table != correlation_report(scores, truth, n_boot=50, seed=1)  # the CIs do depend on the seed
+    assert (tmp_path / "correlations.csv").read_text().startswith("score,spearman,")
+    assert json.loads((tmp_path / "correlations.json").read_text())["rows"][0]["score"] == "mrd"
+    assert -1 < table[0]["spearman"] < 0 and table[0]["n_censored"] == 0

@@ -245,3 +245,28 @@ def test_encoding_invariants(tiny_tokenizer, prompt, answer, token_set, max_leng
         assert tiny_tokenizer.decode(enc.labels[scored[0]:-1]) == answer
     if token_set == "answer" and not enc.truncated and encoding == "joint":  # the seam token may carry prompt text
         assert tiny_tokenizer.decode(enc.input_ids[:-1]) == prompt + answer
+
+
+def test_truncation_warns_once_without_transformers_indexing_warning():
+    """A sample longer than the tokenizer's model_max_length: mrdkit cuts it and says so in one warning; transformers'
+    own "Token indices sequence length is longer ... indexing errors" (logged at tokenization, before the cut)
+    must not appear beside it (it would say the opposite of what happens)."""
+    import logging
+
+    from conftest import build_test_tokenizer
+    from mrdkit.data import Sample, encode_samples
+
+    tok = build_test_tokenizer()
+    tok.model_max_length = 16
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with pytest.warns(UserWarning, match="1 of 1 samples truncated to 24 tokens"):
+            encode_samples([Sample(id="s", prompt="Who?", answer="Jane Doe wrote the book in Paris. " * 4)],
+                           tok, max_length=24)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "indexing errors" in r.getMessage()]

@@ -52,7 +52,7 @@ def test_csv_parquet_txt(tmp_path):
 def test_fmt_overrides_suffix(tmp_path):
     path = _write(tmp_path / "data.dat", "\n".join(json.dumps(r) for r in QA))
     assert len(load_samples(path, fmt="jsonl")) == 2
-    with pytest.raises(MrdkitError, match=r"data\.dat: unknown format 'dat' \(known: .*\); pass fmt="):
+    with pytest.raises(MrdkitError, match=r"data\.dat: unknown format .dat. \(known: .*\); pass --format \(fmt= in Python\)"):
         load_samples(path)
 
 
@@ -128,3 +128,40 @@ def test_hub_dataset_through_datasets(monkeypatch):
     (s,) = load_samples("cais/wmdp", split="wmdp-bio:test")
     assert calls == [("cais/wmdp", "wmdp-bio", "test")]
     assert (s.id, s.kind, s.answer) == ("cais/wmdp/wmdp-bio:0", "mcq", "a")
+
+
+EVERYDAY = [("Who wrote it?", "Jane wrote it; in Paris."), ("Where is Lima?", "In Peru, by the sea.")]
+
+
+@pytest.mark.parametrize("name, write, options", [
+    ("bom.csv", lambda p: p.write_bytes("\ufeffquestion,answer\n" .encode() + b"".join(
+        f'"{q}","{a}"\n'.encode() for q, a in EVERYDAY)), {}),
+    ("semicolon.csv", lambda p: p.write_text("question;answer\n" + "".join(f'{q};"{a}"\n' for q, a in EVERYDAY)),
+     {}),
+    ("tabs.tsv", lambda p: p.write_text("question\tanswer\n" + "".join(f"{q}\t{a}\n" for q, a in EVERYDAY)), {}),
+    ("zipped.jsonl.gz", lambda p: p.write_bytes(__import__("gzip").compress("".join(
+        json.dumps({"question": q, "answer": a}) + "\n" for q, a in EVERYDAY).encode())), {}),
+    ("wrapped.json", lambda p: p.write_text(json.dumps({"version": 2, "data": [
+        {"question": q, "answer": a} for q, a in EVERYDAY]})), {}),
+    ("deep.json", lambda p: p.write_text(json.dumps({"meta": {"rows": [
+        {"question": q, "answer": a} for q, a in EVERYDAY]}, "tags": ["x"]})), {"field": "meta.rows"}),
+    ("nested.jsonl", lambda p: p.write_text("".join(json.dumps({"qa": {"q": q, "a": a}}) + "\n"
+                                                    for q, a in EVERYDAY)),
+     {"question_key": "qa.q", "answer_key": "qa.a"}),
+])
+def test_everyday_data_files(tmp_path, name, write, options):
+    """Files as spreadsheets and scripts write them: a byte-order mark, ';' separators, tabs, gzip, a list wrapped
+    in an object, nested fields. Each gives the same two samples, ids from the file name without its suffixes."""
+    path = tmp_path / name
+    write(path)
+    samples = load_samples(path, **options)
+    assert [(s.prompt, s.answer) for s in samples] == EVERYDAY
+    assert samples[0].id == f"{name.split('.')[0]}:0"
+
+
+def test_wrapped_json_errors_name_the_field(tmp_path):
+    path = _write(tmp_path / "w.json", json.dumps({"meta": {"rows": []}, "n": 1}))
+    with pytest.raises(MrdkitError, match=r"no field 'meta\.items' holding the records \(at 'items': rows\)"):
+        load_samples(path, field="meta.items")
+    with pytest.raises(MrdkitError, match=r"--field \(field=\) picks the list of records inside a JSON document"):
+        load_samples(_write(tmp_path / "d.csv", "question,answer\nq,a\n"), field="data")

@@ -203,10 +203,19 @@ def test_floor_check(model64, batches):
         warnings.simplefilter("error")
         out = floor_check(model64, batches, sigma=1e-5)
     assert out["ok"] and out["curvature_ok"] and out["repeat_diff"] == 0.0 and out["effect_ratio"] > 100
+    assert 3.9 < out["scaling_median"] < 4.1 and out["scaling_ok"] and "reason" not in out
     model32 = tiny_gpt2(torch.float32)
-    with pytest.warns(RuntimeWarning, match="floating-point floor"):
+    with pytest.warns(RuntimeWarning, match="float32 rounding floor"):
         weak = floor_check(model32, batches, sigma=1e-9)
-    assert not weak["ok"] and not weak["curvature_ok"]
+    assert not weak["ok"] and not weak["curvature_ok"] and "rounding floor" in weak["reason"]
+
+
+def test_floor_check_refuses_a_sigma_too_large_to_be_local(model64, batches):
+    """Far above the floor but not a local probe: the curvature no longer grows 4x when sigma doubles."""
+    with pytest.warns(RuntimeWarning, match="grows"):
+        out = floor_check(model64, batches, sigma=1e-2)  # scaling 2.86 on this model (4.0 at 1e-5)
+    assert out["effect_ok"] and out["curvature_ok"] and not out["scaling_ok"] and not out["ok"]
+    assert "from sigma to 2 sigma" in out["reason"]
 
 
 def test_sigma_scaling_is_quadratic(model64, batches):

@@ -18,6 +18,7 @@ from mrdkit.scoring.estimators import (
     masked_row_sums,
     paper_estimate,
     relative_change,
+    unresolved_mask,
 )
 
 F64 = torch.float64
@@ -66,6 +67,40 @@ def test_unresolved_flag_and_single_draw():
     acc.add(1, torch.tensor([1.2, -0.2], dtype=F64))
     est = acc.finalize()
     assert est.unresolved.tolist() == [False, True]  # 1.1 +- 0.1 resolved; -0.05 +- 0.15 not
+
+
+def test_resolved_threshold_sits_at_two_standard_errors():
+    """Hand math (std with ddof 1): draws (-2, 2, 5, 5): mean 2.5, stderr sqrt(11)/2 = 1.658, |mean| = 1.51
+    stderr -> unresolved; draws (0, 1, 1, 2): mean 1, stderr sqrt(2/3)/2 = 0.408, |mean| = 2.45 stderr -> resolved.
+    A threshold of 1 or 3 standard errors would flip one of the two."""
+    acc = PaperAccumulator(2)
+    for k, (a, b) in enumerate(zip((-2.0, 2.0, 5.0, 5.0), (0.0, 1.0, 1.0, 2.0))):
+        acc.add(k, torch.tensor([a, b], dtype=F64))
+    est = acc.finalize()
+    assert est.mean.tolist() == [2.5, 1.0]
+    assert est.stderr.tolist() == pytest.approx([math.sqrt(11) / 2, math.sqrt(2 / 3) / 2], rel=1e-12)
+    assert est.unresolved.tolist() == [True, False]
+
+
+def test_antithetic_single_draw_has_infinite_spread_and_stderr():
+    """One antithetic pair: no spread can be estimated (std with ddof 1 of one value): inf, never NaN."""
+    acc = AntitheticAccumulator(1)
+    acc.add(0, torch.tensor([0.3], dtype=F64), torch.tensor([0.1], dtype=F64))
+    est = acc.finalize()
+    assert est.mean.tolist() == pytest.approx([0.2]) and est.first_order_mean.tolist() == pytest.approx([0.1])
+    assert math.isinf(float(est.first_order_spread[0])) and math.isinf(float(est.stderr[0]))
+    assert bool(est.unresolved[0])
+
+
+def test_non_finite_or_zero_variance_is_never_resolved():
+    mean = torch.tensor([float("nan"), 1.0, 1.0, 1.0, float("inf"), 1.0], dtype=F64)
+    stderr = torch.tensor([0.1, float("nan"), 0.0, 0.1, 0.1, float("inf")], dtype=F64)
+    assert unresolved_mask(mean, stderr).tolist() == [True, True, True, False, True, True]
+    acc = PaperAccumulator(1)
+    for k in range(3):  # the same value three times: zero variance, e.g. noise that never changed the log-probs
+        acc.add(k, torch.tensor([0.25], dtype=F64))
+    est = acc.finalize()
+    assert float(est.stderr[0]) == 0.0 and bool(est.unresolved[0])
 
 
 def random_logprobs(n=5, t=9, k=8, seed=0):

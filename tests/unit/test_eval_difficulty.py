@@ -46,6 +46,11 @@ def test_counts_repeat_exactly_and_model_is_unchanged(lm, samples):
     assert _same(before, _state(lm.model)) and not lm.model.training
     second = required_updates(lm.model, lm.tokenizer, samples, **GA)
     assert first == second
+    # recorded once: a change of the update rule, the stop test or the start log-prob shows up here, not only as a
+    # difference between two runs of the same (possibly wrong) code
+    assert [r["updates"] for r in first] == [5, 4, 5, 5]
+    assert [r["initial_logprob"] for r in first] == pytest.approx([-6.237396, -6.196859, -6.237958, -6.214807],
+                                                                  abs=1e-4)
     assert [r["id"] for r in first] == [s.id for s in samples]
     for r in first:
         assert 1 <= r["updates"] < 40 and not r["censored"] and r["steps"] == r["updates"]
@@ -106,8 +111,9 @@ def test_settings_are_validated(lm, samples):
 def test_graddiff_with_retain_is_deterministic(lm, samples):
     retain = load_tofu("retain_perturbed")[:3]
     kw = dict(method="graddiff", retain=retain, lr=1e-2, relative=1.2, cap=10)
-    assert required_updates(lm.model, lm.tokenizer, samples[:2], **kw) == \
-        required_updates(lm.model, lm.tokenizer, samples[:2], **kw)
+    first = required_updates(lm.model, lm.tokenizer, samples[:2], **kw)
+    assert first == required_updates(lm.model, lm.tokenizer, samples[:2], **kw)
+    assert [(r["updates"], r["censored"]) for r in first] == [(5, False), (4, False)]  # recorded once
 
 
 def test_snapshot_restores_bit_exactly(lm):

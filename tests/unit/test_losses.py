@@ -29,6 +29,12 @@ def test_ga_and_nll_use_token_mean_over_batch():
     assert math.isclose(float(L.ga_loss(t(-1.5, -0.25))), (-1.5 - 0.25) / 2, rel_tol=1e-12)
 
 
+def test_token_mean_of_one_token_and_of_none():
+    """One scored token: the mean is its log-prob (the count is 1, not clamped up); no scored token: 0, not NaN."""
+    assert float(L.token_mean(t(-2.5), torch.tensor([1]))) == -2.5
+    assert float(L.token_mean(t(0.0), torch.tensor([0]))) == 0.0
+
+
 def test_ga_gradient_points_to_lower_likelihood():
     logp = t(-1.0, -2.0).requires_grad_()
     L.ga_loss(logp, torch.tensor([1, 1])).backward()

@@ -142,6 +142,12 @@ def test_flags_and_defaults_table():
     assert {n for n, m in rows.items() if m.needs_activations} == {"rmu"}
     assert (rows["npo"].beta, rows["npo"].alpha, rows["idkdpo"].beta) == (0.1, 0.0, 0.1)
     assert (rows["rmu"].layer, rows["rmu"].steering_coef, rows["rmu"].alpha) == (7, 20.0, 100.0)
+    # (gamma, alpha) of every method: open-unlearning's configs (GradDiff / KL / IDK gamma = alpha = 1, SimNPO
+    # gamma 0.125), retain-free GA and plain NPO (alpha 0), WMDP's RMU alpha 100
+    assert {n: (m.gamma, m.alpha) for n, m in rows.items()} == {
+        "ga": (1.0, 0.0), "graddiff": (1.0, 1.0), "kl": (1.0, 1.0), "npo": (1.0, 0.0), "simnpo": (0.125, 1.0),
+        "idk": (1.0, 1.0), "idkdpo": (1.0, 1.0), "rmu": (1.0, 100.0)}
+    assert (rows["simnpo"].beta, rows["simnpo"].delta) == (4.5, 0.0)
 
 
 def test_start_values_match_hand_math_and_hf_loss(batches):
@@ -154,6 +160,23 @@ def test_start_values_match_hand_math_and_hf_loss(batches):
     # model == reference: NPO = (2/beta) ln 2, the KL retain term = 0
     assert math.isclose(step(build_method("npo", beta=0.1)).parts["forget_loss"], 20 * math.log(2), rel_tol=1e-9)
     assert abs(step(build_method("kl")).parts["retain_loss"]) < 1e-12
+
+
+@pytest.mark.parametrize("name, gamma, alpha", [("graddiff", 2.0, 3.0), ("npo", 0.5, 4.0)])
+def test_total_weighs_forget_by_gamma_and_retain_by_alpha(batches, name, gamma, alpha):
+    """L = gamma * L_forget + alpha * L_retain with both terms worked out independently: at model == reference,
+    GA's forget term is -(HF loss on the forget batch) and NPO's is (2 / beta) ln 2; the NLL retain term is the HF
+    loss on the retain batch. Dropping either weight (or swapping them) changes the total."""
+    model = tiny_gpt2().eval()
+    ref = frozen_copy(model)
+    hf = {k: float(model(**{f: batches[k][f] for f in ("input_ids", "attention_mask", "labels")}).loss.detach())
+          for k in ("forget", "retain")}
+    method = build_method(name, gamma=gamma, alpha=alpha)
+    out = method.compute(gather_step_inputs(method, model, ref, batches["forget"], batches["retain"]))
+    forget = -hf["forget"] if name == "graddiff" else 20 * math.log(2)
+    assert out.parts["forget_loss"] == pytest.approx(forget, rel=1e-5)
+    assert out.parts["retain_loss"] == pytest.approx(hf["retain"], rel=1e-5)
+    assert float(out.total.detach()) == pytest.approx(gamma * forget + alpha * hf["retain"], rel=1e-5)
 
 
 def test_rmu_control_vector_is_seeded_unit_norm():

@@ -216,3 +216,22 @@ def test_metric_registry_metadata_and_aggregates():
     assert M.METRICS.get("probability")([0.0, float("nan"), math.log(0.5)]) == pytest.approx(0.75)
     with pytest.raises(MrdkitError, match="did you mean 'forget_quality'"):
         M.METRICS.get("forget_qualty")
+
+
+def test_muse_privleak_by_hand_and_its_undefined_reference():
+    """Forget scores (higher = more member-like) 1, 2 vs holdout 3, 4: MUSE's AUC (holdout as the positive class)
+    is 1 (every holdout score above every forget score), so PrivLeak = (1 - r) / r * 100; r = 1 gives 0, r = 0.5
+    gives 100; r = 0 is undefined."""
+    from mrdkit.evaluation.metrics import muse_privleak
+
+    assert muse_privleak([1.0, 2.0], [3.0, 4.0], auc_retrain=1.0) == 0.0
+    assert muse_privleak([1.0, 2.0], [3.0, 4.0], auc_retrain=0.5) == pytest.approx(100.0)
+    with pytest.raises(MrdkitError, match="undefined for auc_retrain = 0"):
+        muse_privleak([1.0, 2.0], [3.0, 4.0], auc_retrain=0.0)
+
+
+def test_metrics_registry_declares_the_ideal_of_two_sided_metrics():
+    from mrdkit.evaluation.metrics import METRICS
+
+    assert {n: METRICS.entry(n).meta.get("ideal") for n in ("privleak", "rel_diff", "muse_privleak")} == \
+        {"privleak": 0.0, "rel_diff": 0.0, "muse_privleak": 0.0}

@@ -69,7 +69,15 @@ def test_build_leaves_global_rng_untouched():
 
 
 def test_default_texts_are_fixed_and_tokenizer_follows_texts():
-    assert default_texts() == default_texts() and len(default_texts()) == 400
+    texts = default_texts()
+    assert len(texts) == 400 and texts[0] == "Question: Where was Vera Rahman born?\nAnswer: Vera Rahman was born in " \
+        "Zagreb in 1915."
+    assert texts[399] == "Question: Has Tamar Varga won any awards?\nAnswer: Yes, Tamar Varga received the Oslo " \
+        "Prize for biography writing in 1918."
+    import hashlib  # the whole corpus, recorded once: any change of the word lists or the seed changes tiny models
+
+    assert hashlib.sha256("\n".join(texts).encode()).hexdigest() == \
+        "6d0bc6866053fc1714a5c6af65dcce4f98e765f474491b356774b5b629d73ea5"
     a = build_tiny_tokenizer(["alpha beta gamma"] * 20, vocab_size=300)
     b = build_tiny_tokenizer(["delta epsilon zeta"] * 20, vocab_size=300)
     assert a.get_vocab() != b.get_vocab()

@@ -70,6 +70,52 @@ def test_cga_mass_split_at_median():
     assert torch.allclose(sampler.probabilities()[high], torch.full((5,), 0.12, dtype=torch.float64))
 
 
+def test_cga_sample_at_the_median_is_on_the_high_side():
+    """Odd length (0.1, 0.5, 0.9): the median 0.5 is itself a score and gets the high weight 0.6, so the
+    probabilities are 0.4/1.6, 0.6/1.6, 0.6/1.6. Ties (every score 0.2) are all at the median: all high. Even
+    length with a tie on the middle (0.1, 0.5, 0.5, 0.9): median 0.5, three high."""
+    odd = build("cga", [0.1, 0.5, 0.9])
+    assert odd.weights().tolist() == [0.4, 0.6, 0.6]
+    assert odd.probabilities().tolist() == pytest.approx([0.25, 0.375, 0.375], abs=1e-15)
+    assert build("cga", [0.2] * 4).weights().tolist() == [0.6] * 4
+    assert build("cga", [0.1, 0.5, 0.5, 0.9]).weights().tolist() == [0.4, 0.6, 0.6, 0.6]
+
+
+def test_defaults_and_edges_by_hand():
+    """The default seed is 0 (the documented toy stream); one sample is a valid forget set; softmax needs a
+    temperature > 0; pace_epochs = 0 means the whole pool from the first epoch."""
+    assert list(build("random", n=6)) == [5, 2, 1, 4, 0, 3] == list(build("random", n=6, seed=0))
+    assert list(build("cga", [0.7])) == [0] and list(build("mrd_weighted", [0.7])) == [0]
+    with pytest.raises(MrdkitError, match="temperature must be > 0, got 0"):
+        build("mrd_weighted", [0.1, 0.2], mode="softmax", temperature=0)
+    assert list(build("curriculum", TOY, pace_epochs=0)) == [3, 4, 1, 2, 5, 0]
+    assert list(build("random", n=1)) == [0]  # one sample without scores
+    with pytest.raises(MrdkitError, match="start_frac"):
+        build("curriculum", TOY, start_frac=1.5)
+    # a pool of 0.1 x 3 samples rounds up to ONE sample (the easiest: highest MRD), not two
+    assert list(build("curriculum", [0.3, 0.1, 0.2], start_frac=0.1)) == [0]
+
+
+def test_refresh_scores_epoch_0_at_construction_when_given_no_scores():
+    asked = []
+    sampler = build("refresh", None, rescore=lambda e: asked.append(e) or TOY, inner="cga", seed=0)
+    assert asked == [0]
+    sampler.set_epoch(1)
+    assert asked == [0, 1]
+
+
+def test_step_pacing_with_two_steps_quantises_to_halves():
+    """start 0.5, pace 4 epochs, 2 steps: progress 0, .25, .5, .75, 1 -> floor(2 x) / 2 = 0, 0, .5, .5, 1 -> pool
+    fractions .5, .5, .75, .75, 1 of 8 samples = 4, 4, 6, 6, 8."""
+    sampler = build("curriculum", [0.8, 0.1, 0.5, 0.3, 0.9, 0.2, 0.7, 0.4], start_frac=0.5, pace_epochs=4,
+                    pacing="step", steps=2)
+    sizes = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        sizes.append(sampler.pool_size())
+    assert sizes == [4, 4, 6, 6, 8]
+
+
 def test_curriculum_with_equal_scores_is_sequential():
     for name in ("curriculum", "anti_curriculum"):
         assert list(build(name, [0.5] * 7, start_frac=1.0)) == list(build("sequential", n=7))
@@ -104,6 +150,16 @@ def test_sharding_partitions_the_global_sequence(n):
     padded = global_seq + global_seq[: 3 * per_rank - n]  # head repeated, as DistributedSampler pads
     assert interleaved == padded
     assert len(build("cga", list(range(n)), num_replicas=3, rank=1)) == per_rank
+
+
+def test_sharding_literal_values():
+    """By hand: 7 sequential indices over 3 ranks -> 9 slots, the global stream padded with its head (0, 1) as
+    DistributedSampler pads; rank r takes every third slot from r."""
+    assert [list(build("sequential", n=7, num_replicas=3, rank=r)) for r in range(3)] == \
+        [[0, 3, 6], [1, 4, 0], [2, 5, 1]]
+    # a weighted stream (recorded once, seed 3): 13 CGA draws, padded with the first two, split by rank
+    cga = [list(build("cga", list(range(13)), seed=3, num_replicas=3, rank=r)) for r in range(3)]
+    assert cga == [[4, 12, 12, 3, 2], [5, 5, 1, 0, 4], [12, 12, 11, 1, 5]]
 
 
 def test_softmax_high_temperature_approaches_uniform():

@@ -51,7 +51,8 @@ def score(ctx: BenchContext, loaded, samples: Sequence[Any], name: str, **settin
                 diagnostics=False, checkpoint_every=4)
     cfg = MRDConfig(**{**base, **settings})
     out = Path(ctx.dir) / name
-    same = run_state(out, run_config(cfg, samples, model_fingerprint(loaded.model))) in ("finished", "unfinished")
+    config = run_config(cfg, samples, model_fingerprint(loaded.model), loaded.tokenizer)
+    same = run_state(out, config) in ("finished", "unfinished")
     return score_mrd(loaded, samples, config=cfg, out_dir=out, resume=same, overwrite=not same)
 
 

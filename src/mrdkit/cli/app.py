@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from mrdkit.cli import bench, difficulty, evaluate, score, unlearn
+from mrdkit.cli.options import ANSWER_KEY, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
 app = typer.Typer(
     name="mrd",
@@ -20,9 +21,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: wraps each option's text under it, readable at 80 columns
 )
-data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("mrdkit")
+        except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = "unknown (not installed)"
+        typer.echo(f"mrdkit {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="print mrdkit's version and exit")) -> None:
+    """Memory Removal Difficulty (MRD) for LLM unlearning: score samples, unlearn with MRD-guided samplers,
+    evaluate."""
 
 
 def _console():
@@ -65,22 +86,28 @@ def data_inspect(
     path: str = typer.Argument(..., help="data file, TOFU directory, 'tofu:<split>', a named source (wmdp:bio, "
                                          "muse:books:forget, safe:forget; see mrd ls) or a datasets hub id"),
     split: Optional[str] = typer.Option(None, help="split (TOFU: forget10, retain90, ...)"),
-    question_key: Optional[str] = typer.Option(None, help="field holding the question/prompt"),
-    answer_key: Optional[str] = typer.Option(None, help="field holding the answer"),
-    text_key: Optional[str] = typer.Option(None, help="field holding raw text"),
-    model: Optional[str] = typer.Option(None, help="model spec whose tokenizer gives token-length stats"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
+    model: Optional[str] = typer.Option(None, help="model spec whose tokenizer gives token-length stats (only the "
+                                                   "tokenizer is loaded)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Counts, fields and length statistics of a dataset."""
-    from mrdkit.data import inspect_samples, load_samples
+    from mrdkit.cli.options import data_options, load_data
+    from mrdkit.data import inspect_samples
     from mrdkit.runs import dumps
 
-    samples = load_samples(path, split=split, question_key=question_key, answer_key=answer_key, text_key=text_key)
+    samples = load_data(path, split=split, options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
     tokenizer = None
     if model is not None:
-        from mrdkit.cli.options import load_model_for
+        from mrdkit.testbed.specs import load_tokenizer
 
-        tokenizer = load_model_for(model, samples).tokenizer
+        texts = [s.text for s in samples] if model.startswith("tiny") else None
+        tokenizer = load_tokenizer(model, tiny_texts=texts)
     stats = inspect_samples(samples, tokenizer=tokenizer)
     if json_out:
         typer.echo(dumps(stats))
@@ -141,8 +168,25 @@ def main(argv: Optional[List[str]] = None) -> None:
         typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(f"interrupted; {_resume_hint(argv)}", err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the except above
+            typer.echo(f"interrupted; {_resume_hint(argv)}", err=True)
+        raise
+
+
+def _resume_hint(argv: Optional[List[str]]) -> str:
+    """How to continue after Ctrl-C: what was saved is kept (atomic writes, checkpoints); commands with a
+    ``--resume`` flag continue from there, ``mrd eval`` skips the work already done when run again."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else ""
+    if command in ("score", "unlearn") or args[:2] == ["difficulty", "truth"]:
+        again = " ".join(["mrd", *args] + ([] if "--resume" in args else ["--resume"]))
+        return f"to continue from the last checkpoint, run: {again}"
+    if command == "eval":
+        return "run the same command again: finished tasks in --out are skipped"
+    return "nothing to resume"
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ from typing import List, Optional
 
 import typer
 
-bench_app = typer.Typer(help="Run the paper's experiments and render the report.", no_args_is_help=True)
-testbed_app = typer.Typer(help="Build or check the offline TOFU testbed models.", no_args_is_help=True)
+bench_app = typer.Typer(help="Run the paper's experiments and render the report.", no_args_is_help=True,
+                        rich_markup_mode=None)
+testbed_app = typer.Typer(help="Build or check the offline TOFU testbed models.", no_args_is_help=True,
+                          rich_markup_mode=None)
 
 
 def _log(message: str) -> None:

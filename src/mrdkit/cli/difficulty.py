@@ -13,9 +13,10 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli.options import ENCODING_HELP
+from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
-difficulty_app = typer.Typer(help="Difficulty scores, ground truths, and how well the scores predict them.")
+difficulty_app = typer.Typer(help="Difficulty scores, ground truths, and how well the scores predict them.",
+                             rich_markup_mode=None)
 
 
 @difficulty_app.command("truth")
@@ -44,11 +45,17 @@ def truth_command(
     trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
 ) -> None:
     """Ground truth: updates of METHOD until each sample (or chunk) is forgotten, from the start model each time."""
     import statistics
 
-    from mrdkit.cli.options import load_data, load_model_for
+    from mrdkit.cli.options import check_out, data_options, load_data, load_model_for
     from mrdkit.config import parse_pairs
     from mrdkit.evaluation.difficulty import required_updates
     from mrdkit.progress import progress_bar
@@ -58,12 +65,15 @@ def truth_command(
                     chunk_size=chunk_size, token_set=token_set, optimizer=optimizer, seed=seed, template=template,
                     encoding=encoding,
                     method_kwargs=parse_pairs(method_arg, "--method-arg"))
-    config = {**settings, "model": model, "data": data, "split": split, "limit": limit, "retain_data": retain_data}
-    run = RunDir(out, config, resume=resume, overwrite=overwrite)
-    samples = load_data(data, split=split, limit=limit)
-    retain = load_data(retain_data) if retain_data else None
+    options = data_options(question_key, answer_key, text_key, field, fmt, id_key)
+    config = {**settings, "model": model, "data": data, "split": split, "limit": limit, "retain_data": retain_data,
+              **({"data_options": options} if options else {})}
+    check_out(out)
+    samples = load_data(data, split=split, limit=limit, options=options)
+    retain = load_data(retain_data, options=options) if retain_data else None
     loaded = load_model_for(model, samples, dtype=dtype, device=device, seed=seed,
                             trust_remote_code=trust_remote_code)
+    run = RunDir(out, config, resume=resume, overwrite=overwrite)  # after the loads: no half-made run folder
     with progress_bar(f"{method} updates until forgotten", len(samples)) as bar:
         rows = required_updates(loaded.model, loaded.tokenizer, samples, retain=retain, progress=bar,
                                 checkpoint_path=run.file("updates.jsonl"), resume=resume, **settings)
@@ -167,9 +177,15 @@ def score_command(
     method_arg: List[str] = typer.Option([], "--method-arg", help="method hyper-parameter key=value (repeatable)"),
     trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
 ) -> None:
     """Per-sample difficulty scores (MRD, lookahead, curvature along the gradient, Newton steps, proxies)."""
-    from mrdkit.cli.options import load_data, load_model_for, print_table
+    from mrdkit.cli.options import check_out, data_options, load_data, load_model_for, print_table
     from mrdkit.config import parse_pairs
     from mrdkit.evaluation.scores import ScoreConfig, parse_names, score_difficulty
     from mrdkit.runs import RunDir
@@ -178,12 +194,14 @@ def score_command(
     cfg = ScoreConfig(token_set=token_set, encoding=encoding, template=template, method=method, lr=lr,
                       optimizer=optimizer, threshold=threshold, draws=draws, sigma=sigma, seed=seed,
                       method_kwargs=parse_pairs(method_arg, "--method-arg")).check()
+    options = data_options(question_key, answer_key, text_key, field, fmt, id_key)
     config = {"scores": names, "model": model, "data": data, "split": split, "limit": limit, "dtype": dtype,
-              "settings": cfg.__dict__}
-    run = RunDir(out, config, overwrite=overwrite)
-    samples = load_data(data, split=split, limit=limit)
+              "settings": cfg.__dict__, **({"data_options": options} if options else {})}
+    check_out(out)
+    samples = load_data(data, split=split, limit=limit, options=options)
     loaded = load_model_for(model, samples, dtype=dtype, device=device, seed=seed,
                             trust_remote_code=trust_remote_code)
+    run = RunDir(out, config, overwrite=overwrite)  # after the loads: no half-made run folder
     table = score_difficulty(loaded.model, loaded.tokenizer, samples, names, cfg)
     run.write_jsonl("scores.jsonl", table.rows)
     run.write_json("scores.json", table.meta)
@@ -228,10 +246,16 @@ def survival_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code (off by default)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
 ) -> None:
     """Ground truth of the real use case: unlearn the whole forget set jointly, time when each sample falls below
     the threshold (censored at --max-steps)."""
-    from mrdkit.cli.options import load_data, load_model_for
+    from mrdkit.cli.options import check_out, data_options, load_data, load_model_for
     from mrdkit.config import parse_pairs
     from mrdkit.evaluation.survival import SurvivalConfig, joint_survival
     from mrdkit.progress import progress_bar
@@ -240,13 +264,15 @@ def survival_command(
     cfg = SurvivalConfig(method=method, sampler=sampler, lr=lr, batch_size=batch_size, max_steps=max_steps,
                          threshold=threshold, encoding=encoding, template=template, seed=seed,
                          method_kwargs=parse_pairs(method_arg, "--method-arg"))
+    options = data_options(question_key, answer_key, text_key, field, fmt, id_key)
     config = {"survival": cfg.__dict__, "model": model, "data": data, "split": split, "limit": limit,
-              "retain_data": retain_data, "dtype": dtype}
-    run = RunDir(out, config, overwrite=overwrite)
-    forget = load_data(data, split=split, limit=limit)
-    retain = load_data(retain_data) if retain_data else None
+              "retain_data": retain_data, "dtype": dtype, **({"data_options": options} if options else {})}
+    check_out(out)
+    forget = load_data(data, split=split, limit=limit, options=options)
+    retain = load_data(retain_data, options=options) if retain_data else None
     loaded = load_model_for(model, forget + (retain or []), dtype=dtype, device=device, seed=seed,
                             trust_remote_code=trust_remote_code)
+    run = RunDir(out, config, overwrite=overwrite)  # after the loads: no half-made run folder
     with progress_bar(f"joint {method} run, {len(forget)} samples", max_steps) as bar:
         rows = joint_survival(loaded.model, loaded.tokenizer, forget, retain, config=cfg, progress=bar)
     run.write_jsonl("survival.jsonl", rows)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from mrdkit.cli.options import ENCODING_HELP
+from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
 
 def eval_command(
@@ -44,11 +44,23 @@ def eval_command(
     tasks: Optional[str] = typer.Option(None, help="lm-eval: comma-separated tasks, e.g. wmdp_bio,wmdp_cyber,mmlu"),
     include_path: Optional[str] = typer.Option(None, help="lm-eval: folder of extra task YAML files (local tasks)"),
     num_fewshot: Optional[int] = typer.Option(None, help="lm-eval: few-shot examples (default: each task's own)"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
 ) -> None:
-    """Evaluate a model: TOFU metrics as open-unlearning computes them, MCQ accuracy, or perplexity."""
-    from mrdkit.cli.options import load_model_for, print_table
+    """Evaluate a model: TOFU metrics as open-unlearning computes them, MCQ accuracy, or perplexity. The data
+    options (--question-key ... --format) apply to --data (mcq, ppl)."""
+    from mrdkit.cli.options import check_out, data_options, load_model_for, print_table
     from mrdkit.evaluation.runner import evaluate
 
+    check_out(out)
+    if max_length is not None and max_length < 2:
+        from mrdkit.errors import MrdkitError
+
+        raise MrdkitError(f"--max-length must be >= 2 tokens, got {max_length}")
     load = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     model_ = load_model_for(model, [], **load)
     retain_ = load_model_for(retain_model, [], **load) if retain_model is not None else None
@@ -60,7 +72,8 @@ def eval_command(
                       limit=limit, overwrite=overwrite, mcq_format=mcq_format, mcq_norm=mcq_norm,
                       tofu_source=tofu_source, dtype=dtype, device=device, max_prompt_tokens=max_prompt_tokens,
                       trust_remote_code=trust_remote_code, tasks=tasks, include_path=include_path,
-                      num_fewshot=num_fewshot)
+                      num_fewshot=num_fewshot,
+                      data_options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
     rows = [{"metric": k, "value": v["value"], "stderr": v.get("stderr"), "higher is better": v.get("higher_is_better"),
              "n": v["n"]} for k, v in sorted(result.metrics.items())]
     print_table(f"{benchmark} evaluation of {model}", rows)

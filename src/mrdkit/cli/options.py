@@ -4,18 +4,51 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import typer
+
 ENCODING_HELP = ("how prompt + answer become tokens: joint (one string, as TOFU; every answer token scored) | "
                  "community (open-unlearning's exact mask, first answer token of 'Answer: ' masked) | separate")
 TOKEN_SET_HELP = "tokens scored: all (the MRD authors': after the first, before EOS) | all_eos | answer"
 
 
-def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = None, question_key=None,
-              answer_key=None, text_key=None) -> list:
-    """Samples from a data spec: ``tofu:<split>``, a TOFU folder (+ ``split``), a file, or a hub id."""
+# The one data-option vocabulary: every command that reads data files takes these six (mrd score, unlearn, eval,
+# data inspect, difficulty truth / score / survival), and mrdkit's data errors name them (mrdkit.data.samples).
+QUESTION_KEY = typer.Option(None, "--question-key", help="field holding the question (dotted for nested: qa.q)")
+ANSWER_KEY = typer.Option(None, "--answer-key", help="field holding the answer (dotted for nested: qa.a)")
+TEXT_KEY = typer.Option(None, "--text-key", help="field holding raw text")
+FIELD = typer.Option(None, "--field", help="JSON: the key holding the list of records when the file wraps it in "
+                                           "an object, e.g. data for {\"data\": [...]}")
+FORMAT = typer.Option(None, "--format", help="file format when the name does not tell it: json | jsonl | csv | "
+                                             "tsv | parquet | txt")
+ID_KEY = typer.Option(None, "--id-key", help="field holding unique sample ids (default: id if present, else "
+                                             "<file>:<row>)")
+
+
+def data_options(question_key: Optional[str] = None, answer_key: Optional[str] = None,
+                 text_key: Optional[str] = None, field: Optional[str] = None, fmt: Optional[str] = None,
+                 id_key: Optional[str] = None) -> dict[str, Optional[str]]:
+    """The data options of a command as :func:`mrdkit.data.load_samples` keywords (unset ones left out)."""
+    given = dict(question_key=question_key, answer_key=answer_key, text_key=text_key, field=field, fmt=fmt,
+                 id_key=id_key)
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def load_data(spec: str, *, split: Optional[str] = None, limit: Optional[int] = None,
+              options: Optional[dict[str, Optional[str]]] = None) -> list:
+    """Samples from a data spec: ``tofu:<split>``, a TOFU folder (+ ``split``), a file, or a hub id, read with the
+    command's :func:`data_options`."""
     from mrdkit.data import load_samples
 
-    samples = load_samples(spec, split=split, question_key=question_key, answer_key=answer_key, text_key=text_key)
+    samples = load_samples(spec, split=split, **(options or {}))
     return samples[:limit] if limit else samples
+
+
+def check_out(out: Any) -> None:
+    """``--out`` checked before any model loads (:func:`mrdkit.runs.check_output_dir`): a folder holding files that
+    are not an mrdkit run is refused at once, not after minutes of loading."""
+    from mrdkit.runs import check_output_dir
+
+    check_output_dir(out)
 
 
 def chunk_texts(samples: Sequence[Any], tokenizer: Any, length: int) -> list:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli.options import ENCODING_HELP, TOKEN_SET_HELP
+from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY, TOKEN_SET_HELP
 
 
 def score_command(
@@ -19,7 +19,10 @@ def score_command(
     draws: int = typer.Option(100, help="Monte Carlo draws K (antithetic: K pairs)"),
     sigma: float = typer.Option(1e-5, help="noise scale sigma (paper: 1e-5)"),
     estimator: str = typer.Option("antithetic", help="paper | antithetic"),
-    dtype: str = typer.Option("float32", help="float32 | float64 (bf16/fp16 refused for MRD)"),
+    dtype: str = typer.Option("auto", help="auto (float32, or float64 where float32's rounding floor hides MRD) | "
+                                           "float32 | float64 (bf16/fp16 refused for MRD)"),
+    allow_floor: bool = typer.Option(False, "--allow-floor", help="keep a run whose floor check fails (every "
+                                                                   "sample then unresolved) instead of refusing it"),
     batch_size: int = typer.Option(16, help="samples per forward pass"),
     seed: int = typer.Option(0, help="run seed (noise of draw k is independent of batching)"),
     token_set: str = typer.Option("all", help=TOKEN_SET_HELP),
@@ -34,9 +37,12 @@ def score_command(
     check_sigma: bool = typer.Option(False, "--check-sigma", help="print the sigma^2 scaling check first"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     trust_remote_code: bool = typer.Option(False, help="allow model code from the hub (off by default)"),
-    question_key: Optional[str] = typer.Option(None, help="field holding the question"),
-    answer_key: Optional[str] = typer.Option(None, help="field holding the answer"),
-    text_key: Optional[str] = typer.Option(None, help="field holding raw text"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
     set_: List[str] = typer.Option([], "--set", help="extra MRD setting key=value (repeatable)"),
@@ -46,23 +52,30 @@ def score_command(
                                                           "wmdp-corpus:...) into N-token windows, as MUSE-News"),
 ) -> None:
     """Score MRD per sample: high MRD = fragile memory = easy to unlearn."""
-    from mrdkit.cli.options import chunk_texts, load_data, load_model_for, print_table
+    from mrdkit.cli.options import check_out, chunk_texts, data_options, load_data, load_model_for, print_table
     from mrdkit.config import apply_overrides
     from mrdkit.progress import progress_bar
     from mrdkit.scoring.config import MRDConfig
-    from mrdkit.scoring.mrd import score_mrd
+    from mrdkit.scoring.mrd import float32_is_enough, score_mrd
 
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     encoding=encoding,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
-                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard)
+                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard, allow_floor=allow_floor)
     cfg = apply_overrides(cfg, set_).validate()
-    samples = load_data(data, split=split, limit=limit, question_key=question_key, answer_key=answer_key,
-                        text_key=text_key)
-    loaded = load_model_for(model, samples, dtype=dtype, device=_rank_device(device),
-                            trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
-    if chunk_tokens is not None:
-        samples = chunk_texts(samples, loaded.tokenizer, chunk_tokens)
+    check_out(out)
+    samples = load_data(data, split=split, limit=limit,
+                        options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
+    load = dict(device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+    loaded = load_model_for(model, samples, dtype="float32" if dtype == "auto" else dtype, **load)
+    chunked = chunk_texts(samples, loaded.tokenizer, chunk_tokens) if chunk_tokens is not None else samples
+    precision = (dtype, "asked for (--dtype)")
+    if dtype == "auto":
+        enough, why = float32_is_enough(loaded, chunked, cfg)
+        precision = ("float32" if enough else "float64", why)
+        if not enough:  # the safe dtype where the floor check says float32 cannot carry MRD
+            loaded = load_model_for(model, samples, dtype="float64", **load)
+    samples = chunked
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     if check_sigma and main_rank:
         _print_sigma_check(loaded, samples, cfg)
@@ -76,8 +89,21 @@ def score_command(
     print_table(f"MRD of {len(rows)} samples (easiest first; top and bottom 5)", shown,
                 ["id", "mrd", "stderr", "resolved", "base_logprob", "n_tokens"])
     summary = result.summary()
+    print_table("settings", _settings_rows(summary, precision))
     typer.echo(f"median MRD {summary['mrd_median']:.4g}; unresolved at K={cfg.draws}: {summary['unresolved']} "
                f"of {summary['n_samples']}; wrote {out}/mrd.jsonl")
+
+
+def _settings_rows(summary: dict, precision: tuple[str, str]) -> list[dict]:
+    """What made the numbers, with why the dtype is what it is and the floor check's verdict (its reason when it
+    failed and the run was kept with --allow-floor)."""
+    floor = summary.get("floor_ok")
+    verdict = "off" if floor is None else "ok" if floor else f"FAILED, every sample unresolved: " \
+        f"{summary.get('floor_reason') or ''}"
+    rows = {"model": summary.get("model"), "estimator / K / sigma":
+            f"{summary.get('estimator')} / {summary.get('draws')} / {summary.get('sigma'):g}",
+            "dtype": f"{summary.get('dtype')} ({precision[1]})", "floor check": verdict}
+    return [{"setting": k, "value": v} for k, v in rows.items()]
 
 
 def _rank_device(device: str) -> str:

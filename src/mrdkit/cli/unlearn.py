@@ -12,13 +12,14 @@ from typing import Any, List, Optional
 
 import typer
 
-from mrdkit.cli.options import ENCODING_HELP
+from mrdkit.cli.options import ANSWER_KEY, ENCODING_HELP, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
 LR_HELP = "peak AdamW learning rate (default 1e-5: NPO/TOFU value for 7B models; a tiny model needs ~1e-3)"
 
 
-def _load(spec: str, limit: Optional[int]) -> list:
-    """Samples of ``spec``: ``tofu:<split>``, a file, a TOFU folder, a hub id, or ``SOURCE:SPLIT``."""
+def _load(spec: str, limit: Optional[int], options: Optional[dict] = None) -> list:
+    """Samples of ``spec``: ``tofu:<split>``, a file, a TOFU folder, a hub id, or ``SOURCE:SPLIT``, read with the
+    command's data options (:func:`mrdkit.cli.options.data_options`)."""
     from mrdkit.cli.options import load_data
     from mrdkit.errors import MrdkitError
 
@@ -26,8 +27,8 @@ def _load(spec: str, limit: Optional[int]) -> list:
         raise MrdkitError(f"a sample limit must be >= 1, got {limit}")
     source, sep, split = spec.rpartition(":")
     if sep and source and not spec.startswith("tofu:") and not Path(spec).exists():
-        return load_data(source, split=split, limit=limit)
-    return load_data(spec, limit=limit)
+        return load_data(source, split=split, limit=limit, options=options)
+    return load_data(spec, limit=limit, options=options)
 
 
 def _config(path: Optional[Path], flags: dict[str, Any], lora: Optional[bool], hp: List[str],
@@ -114,9 +115,16 @@ def unlearn_command(
                                                           "wmdp-corpus:...) into N-token windows, as MUSE-News"),
     resume: bool = typer.Option(False, help="continue --out from its last checkpoint (same settings)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
+    question_key: Optional[str] = QUESTION_KEY,
+    answer_key: Optional[str] = ANSWER_KEY,
+    text_key: Optional[str] = TEXT_KEY,
+    field: Optional[str] = FIELD,
+    fmt: Optional[str] = FORMAT,
+    id_key: Optional[str] = ID_KEY,
 ) -> None:
-    """Unlearn a forget set (GA, GradDiff, NPO, ...) with an MRD-guided sampler; writes model + logs to --out."""
-    from mrdkit.cli.options import load_model_for, print_table
+    """Unlearn a forget set (GA, GradDiff, NPO, ...) with an MRD-guided sampler; writes model + logs to --out.
+    The data options (--question-key ... --format) apply to --forget and --retain."""
+    from mrdkit.cli.options import check_out, data_options, load_model_for, print_table
     from mrdkit.progress import progress_bar
     from mrdkit.unlearning.loop import unlearn
 
@@ -125,8 +133,10 @@ def unlearn_command(
                  score_direction=score_direction, report_to=report_to)
     cfg = _config(config, flags, lora, hp, sampler_arg, set_)
     _check_names(method, sampler, cfg)
-    forget_set = _load(forget, forget_limit)
-    retain_set = _load(retain, retain_limit) if retain else None
+    check_out(out)
+    options = data_options(question_key, answer_key, text_key, field, fmt, id_key)
+    forget_set = _load(forget, forget_limit, options)
+    retain_set = _load(retain, retain_limit, options) if retain else None
     idk_answers = [s.answer for s in _load(idk, None)] if idk else None
     loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed,
                             trust_remote_code=trust_remote_code)
@@ -136,7 +146,8 @@ def unlearn_command(
         forget_set = chunk_texts(forget_set, loaded.tokenizer, chunk_tokens)
         retain_set = chunk_texts(retain_set, loaded.tokenizer, chunk_tokens) if retain_set else None
     meta = {"model": model, "forget_data": forget, "retain_data": retain, "forget_limit": forget_limit,
-            "retain_limit": retain_limit, "idk_data": idk, "chunk_tokens": chunk_tokens}
+            "retain_limit": retain_limit, "idk_data": idk, "chunk_tokens": chunk_tokens,
+            **({"data_options": options} if options else {})}
     # under accelerate launch / torchrun: one bar and one table, not one per process. Read from the launcher's env:
     # creating accelerate's PartialState here would fix its device choice before unlearn() asks for cpu=True, and
     # on a CPU machine every rank would then run alone (num_processes 1) and race on --out

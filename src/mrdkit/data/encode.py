@@ -92,7 +92,9 @@ def _tokenize(tokenizer: Any, texts: list[str], special: bool = False) -> list[l
     """Ids of each text (one batched call: fast tokenizers run it in Rust)."""
     if not texts:
         return []
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    # verbose=False: over-long samples are cut (and counted in one warning) by encode_samples, so transformers'
+    # "Token indices sequence length is longer ... indexing errors" warning would only contradict it
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=special, verbose=False)["input_ids"]]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -20,7 +20,7 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float] | None:
 def _token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
     if not texts:
         return []
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
 
 
 def inspect_samples(samples: Sequence[Sample], tokenizer: Any = None) -> dict[str, Any]:

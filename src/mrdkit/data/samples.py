@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from mrdkit.errors import MrdkitError
 
@@ -77,7 +77,39 @@ def check_unique_ids(samples: Iterable[Sample], source: str) -> None:
         first = seen.setdefault(sample.id, pos)
         if first != pos:
             raise MrdkitError(f"duplicate id {sample.id!r} in {source} (samples {first} and {pos}); "
-                              f"ids must be unique: pass id_key= with a unique column or drop it")
+                              f"ids must be unique: pass --id-key (id_key= in Python) with a unique column, or "
+                              f"drop the id column")
+
+
+def quality_problems(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """Ids of samples that load fine but are probably a mistake: ``empty`` (an empty or blank answer, or raw text)
+    and ``duplicate`` (same prompt and answer as an earlier sample, under another id), written as ``"id = first"``."""
+    first: dict[tuple[str, str], str] = {}
+    empty, duplicate = [], []
+    for sample in samples:
+        if not sample.answer.strip():
+            empty.append(sample.id)
+        key = (sample.prompt, sample.answer)
+        if key in first:
+            duplicate.append(f"{sample.id} = {first[key]}")
+        first.setdefault(key, sample.id)
+    return {"empty": empty, "duplicate": duplicate}
+
+
+def warn_data_quality(samples: Sequence[Sample], source: str) -> dict[str, list[str]]:
+    """Warn (one line each, with the count and an example) about empty answers and duplicate rows: both load, score
+    and unlearn without error, yet an empty answer leaves only the prompt to measure and a duplicate counts twice
+    in every mean and is drawn twice as often by a sampler. Returns :func:`quality_problems`."""
+    import warnings
+
+    problems = quality_problems(samples)
+    what = {"empty": "have an empty answer (or text)",
+            "duplicate": "repeat an earlier sample's prompt and answer under another id"}
+    for kind, ids in problems.items():
+        if ids:
+            warnings.warn(f"{source}: {len(ids)} of {len(samples)} samples {what[kind]}, e.g. {ids[0]!r}",
+                          UserWarning, stacklevel=3)
+    return problems
 
 
 # --- records (dicts or strings read from a file) -> samples -------------------------------------------------
@@ -109,9 +141,35 @@ def _first(candidates: Iterable[str], keys: list[str]) -> str | None:
     return next((k for k in candidates if k in keys), None)
 
 
-def _require(key: str, keys: list[str], source: str, row: int = 0) -> str:
-    if key not in keys:
-        raise MrdkitError(f"{source}: missing field {key!r} in row {row}; available fields: {', '.join(keys)}")
+_MISSING = object()
+
+
+def lookup(record: Mapping[str, Any], key: str) -> Any:
+    """``record[key]``, or for a dotted key of a nested record (``qa.q`` in ``{"qa": {"q": ...}}``) the value at
+    that path; a top-level key holding the dot wins. Missing: a sentinel (None may be a stored value)."""
+    if key in record:
+        return record[key]
+    value: Any = record
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def field_names(record: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every field of a record, nested ones as dotted paths (what an error lists as "available")."""
+    names = []
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        names.extend(field_names(value, name + ".") if isinstance(value, Mapping) and value else [name])
+    return names
+
+
+def _require(key: str, record: Mapping[str, Any], source: str, row: int = 0) -> str:
+    if lookup(record, key) is _MISSING:
+        raise MrdkitError(f"{source}: missing field {key!r} in row {row}; available fields: "
+                          f"{', '.join(field_names(record))}")
     return key
 
 
@@ -137,12 +195,12 @@ def detect_fields(record: Any, source: str, *, question_key: str | None = None, 
     if not isinstance(record, Mapping):
         raise MrdkitError(f"{source}: row 0 is a {type(record).__name__}, expected a JSON object or a string")
     keys = [str(k) for k in record]
-    ident = _require(id_key, keys, source) if id_key else None
+    ident = _require(id_key, record, source) if id_key else None
     if text_key:
-        return Fields(kind="text", text=_require(text_key, keys, source), id=ident)
-    q = _require(question_key, keys, source) if question_key else _first(QUESTION_KEYS, keys)
-    a = _require(answer_key, keys, source) if answer_key else _first(ANSWER_KEYS, keys)
-    choices = _require(choices_key, keys, source) if choices_key else _first(CHOICES_KEYS, keys)
+        return Fields(kind="text", text=_require(text_key, record, source), id=ident)
+    q = _require(question_key, record, source) if question_key else _first(QUESTION_KEYS, keys)
+    a = _require(answer_key, record, source) if answer_key else _first(ANSWER_KEYS, keys)
+    choices = _require(choices_key, record, source) if choices_key else _first(CHOICES_KEYS, keys)
     options = () if choices else _option_keys(keys)
     if q and a and (choices or options):
         return Fields(kind="mcq", question=q, answer=a, choices=choices, options=options, id=ident)
@@ -151,15 +209,17 @@ def detect_fields(record: Any, source: str, *, question_key: str | None = None, 
     text = _first(TEXT_KEYS, keys)
     if text and not (question_key or answer_key):
         return Fields(kind="text", text=text, id=ident)
-    raise MrdkitError(f"{source}: cannot tell which fields hold the data (available fields: {', '.join(keys)}); "
-                      f"expected question/prompt/input + answer/response/output/gt, or text/content/document; "
-                      f"pass question_key= and answer_key=, or text_key=")
+    raise MrdkitError(f"{source}: cannot tell which fields hold the data (available fields: "
+                      f"{', '.join(field_names(record))}); expected question/prompt/input + answer/response/output/gt, "
+                      f"or text/content/document; pass --question-key and --answer-key, or --text-key (dotted for "
+                      f"nested fields: qa.q; --field KEY when the records are a list inside the file's object; "
+                      f"question_key= ... in Python)")
 
 
 def _get(record: Mapping[str, Any], key: str, source: str, row: int, want: tuple[type, ...] = (str,)) -> Any:
-    if key not in record:
-        _require(key, [str(k) for k in record], source, row)
-    value = record[key]
+    value = lookup(record, key)
+    if value is _MISSING:
+        _require(key, record, source, row)
     if not isinstance(value, want) or isinstance(value, bool):
         names = " or ".join(t.__name__ for t in want)
         raise MrdkitError(f"{source}: field {key!r} in row {row} is {type(value).__name__} ({value!r:.40}), "
@@ -175,7 +235,9 @@ def _mcq_choice(record: Mapping[str, Any], fields: Fields, source: str, row: int
         choices = [_get(record, k, source, row) for k in fields.options]
     if not all(isinstance(c, str) for c in choices):
         raise MrdkitError(f"{source}: field {fields.choices!r} in row {row} must be a list of strings")
-    answer = record.get(fields.answer)
+    answer = lookup(record, fields.answer)
+    if answer is _MISSING:
+        _require(fields.answer, record, source, row)
     if isinstance(answer, str) and re.fullmatch(r"\s*-?[0-9]+\s*", answer) and answer not in choices:
         answer = int(answer)  # CSV cells are strings (ASCII digits only: int() rejects "²" and "--1")
     if isinstance(answer, int) and not isinstance(answer, bool):

@@ -106,6 +106,16 @@ def raw(sample: Sample, tokenizer: Any = None) -> Rendered:
     return _tagged(sample.prompt, sample.answer)
 
 
+def resolve_template(template: str | Template, tokenizer: Any = None) -> str:
+    """The template a run really uses, for its config: ``auto`` becomes ``chat`` or ``plain`` (what :func:`auto`
+    picks for ``tokenizer``); a registered name stays; a callable is named by its ``__name__``."""
+    if not isinstance(template, str):
+        return getattr(template, "__name__", type(template).__name__)
+    if template == "auto":
+        return "chat" if tokenizer is not None and getattr(tokenizer, "chat_template", None) else "plain"
+    return template
+
+
 def render(sample: Sample, tokenizer: Any = None, template: str | Template = "auto") -> Rendered:
     """``sample`` written out by ``template`` (a registered name or a callable returning :class:`Rendered`).
 

@@ -109,7 +109,7 @@ def cut_answer(text: str) -> str:
 
 def verbmem_reference(gt: str, tokenizer: Any, n: int = VERBMEM_NEW_TOKENS) -> str:
     """``gt`` cut to its first ``n`` tokens as MUSE tokenizes it (special tokens such as BOS count), decoded."""
-    ids = list(tokenizer(gt, add_special_tokens=True)["input_ids"])[:n]
+    ids = list(tokenizer(gt, add_special_tokens=True, verbose=False)["input_ids"])[:n]
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
@@ -175,7 +175,8 @@ def completion_extraction(model: Any, tokenizer: Any, samples: Sequence[Sample],
     position limit; an item with no answer token left gets NaN.
     """
     length = context_length(model) or 10**9
-    answers = [list(a) for a in tokenizer([" " + s.answer for s in samples], add_special_tokens=False)["input_ids"]]
+    spaced = [" " + s.answer for s in samples]
+    answers = [list(a) for a in tokenizer(spaced, add_special_tokens=False, verbose=False)["input_ids"]]
     encoded = [EncodedSample(s.id, (list(r) + a)[:length], ([-100] * len(r) + a)[:length], len(r) + len(a) > length)
                for s, r, a in zip(samples, rows, answers)]
     scores = score_encoded(model, encoded, pad_id(tokenizer), batch_size)

@@ -36,10 +36,12 @@ from mrdkit.models import resolve_model
 BENCHMARKS = ("tofu", "mcq", "ppl", "muse-news", "muse-books", "lm-eval")
 
 
-# options that change the numbers; a run directory made with other values is refused without overwrite
-IDENTITY = ("benchmark", "model", "forget_split", "data", "split", "template", "max_length", "max_new_tokens",
-            "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens", "encoding", "reference_model",
-            "tasks", "include_path", "num_fewshot")
+# options that change the numbers; a run directory made with other values is refused without overwrite. The
+# weights' fingerprints (model_weights, reference_weights: mrdkit.models.model_fingerprint) are part of it, so rows
+# cached for a model are never served for other weights saved at the same path (as scoring and unlearning do).
+IDENTITY = ("benchmark", "model", "model_weights", "forget_split", "data", "data_options", "split", "template",
+            "max_length", "max_new_tokens", "limit", "mcq_format", "mcq_norm", "tofu_source", "max_prompt_tokens",
+            "encoding", "reference_model", "reference_weights", "tasks", "include_path", "num_fewshot")
 
 
 class RowStore:
@@ -73,8 +75,9 @@ def open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> R
     """Check an existing run directory's identity and load its rows (none when ``overwrite``)."""
     if out is None:
         return RowStore(None)
-    from mrdkit.runs import RunDir, read_json, read_jsonl, refuse_if_differs
+    from mrdkit.runs import RunDir, check_output_dir, read_json, read_jsonl, refuse_if_differs
 
+    check_output_dir(out)  # a model folder or a user's files: refused before their config.json is even read
     rows: list[dict] = []
     if not overwrite and (out / "config.json").is_file():
         previous = read_json(out / "config.json")
@@ -89,7 +92,7 @@ def open_store(out: Path | None, identity: dict[str, Any], overwrite: bool) -> R
 def write_outputs(out: Path, result: EvalResult) -> None:
     """``eval.json`` (forget truth ratios per sample: a retain log), community files, ``DONE.json``."""
     from mrdkit.evaluation.community import write_community
-    from mrdkit.runs import atomic_write_json
+    from mrdkit.runs import atomic_write_json, release_run_dir
 
     metrics = {k: dict(v) for k, v in result.metrics.items()}
     if "forget_truth_ratio" in metrics:
@@ -100,6 +103,7 @@ def write_outputs(out: Path, result: EvalResult) -> None:
         write_community(out, result.community, benchmark="MUSE" if result.meta["benchmark"].startswith("muse")
                         else "TOFU")
     atomic_write_json(out / "DONE.json", {"seconds": result.meta["seconds"]})
+    release_run_dir(out)
 
 
 @dataclass
@@ -242,13 +246,13 @@ def _task_list(tasks: str | Sequence[str] | None) -> list[str] | None:
     return [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
 
 
-def _load_data(data: Any, split: str | None, limit: int | None) -> list:
+def _load_data(data: Any, split: str | None, limit: int | None, data_options: dict[str, Any] | None = None) -> list:
     if data is None:
         raise MrdkitError("benchmarks mcq and ppl need data (a file, 'tofu:<split>' or a list of samples)")
     if isinstance(data, (str, Path)):
         from mrdkit.data import load_samples
 
-        return load_samples(str(data), split=split, limit=limit)
+        return load_samples(str(data), split=split, limit=limit, **(data_options or {}))
     return list(data)[:limit]
 
 
@@ -261,6 +265,7 @@ def evaluate(
     device: str = "auto", progress: bool | None = None, max_prompt_tokens: int | None = None,
     trust_remote_code: bool = False, encoding: str = "joint", reference_model: Any = None,
     tasks: str | Sequence[str] | None = None, include_path: str | None = None, num_fewshot: int | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate a model on TOFU (Maini et al. 2024, arXiv:2401.06121), multiple choice or perplexity.
 
@@ -292,6 +297,11 @@ def evaluate(
         reference_model: TOFU only: a reference model (spec or ``LoadedModel``, resolved like ``retain_model``) for
             ``mia_reference`` (target minus reference answer loss, open-unlearning ``ReferenceAttack``); its spec
             is part of the run's identity.
+        data_options: how ``data`` (mcq / ppl) is read: ``question_key``, ``answer_key``, ``text_key``, ``field``,
+            ``fmt`` of :func:`mrdkit.data.load_samples`.
+
+    The run's identity includes the weights' fingerprints (:func:`mrdkit.models.model_fingerprint` of the model
+    and the reference model): rows cached for one set of weights are never reused for another.
 
     Returns:
         :class:`EvalResult`.
@@ -307,7 +317,12 @@ def evaluate(
     reference = None
     if reference_model is not None:
         reference = resolve_model(reference_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    from mrdkit.models import model_fingerprint
+
     opts = dict(benchmark=benchmark, model=spec, forget_split=forget_split if benchmark == "tofu" else None,
+                model_weights=model_fingerprint(module) if out_dir is not None else None,
+                reference_weights=None if reference is None or out_dir is None else model_fingerprint(reference[0]),
+                data_options={k: v for k, v in (data_options or {}).items() if v is not None} or None,
                 data=None if data is None or not isinstance(data, (str, Path)) else str(data), split=split,
                 template=template, max_length=max_length, max_new_tokens=max_new_tokens, limit=limit,
                 mcq_format=mcq_format, mcq_norm=mcq_norm, tofu_source=tofu_source, batch_size=batch_size,
@@ -315,6 +330,9 @@ def evaluate(
                 reference_model=None if reference is None else reference[2] or "in-memory reference model",
                 tasks=_task_list(tasks), num_fewshot=num_fewshot,
                 include_path=None if include_path is None else str(include_path))
+    from mrdkit.data.templates import resolve_template
+
+    opts["template_used"] = resolve_template(template, tok)  # what "auto" picked (not part of the identity)
     if benchmark == "muse-books" and opts["data"] is None:
         opts["data"] = "muse:books"
     if benchmark == "lm-eval":
@@ -344,7 +362,8 @@ def evaluate(
                                                                  dtype, device, progress,
                                                                  trust_remote_code=trust_remote_code)
     else:
-        data_by_split = _run_simple(module, tok, benchmark, _load_data(data, split, limit), store, opts)
+        data_by_split = _run_simple(module, tok, benchmark, _load_data(data, split, limit, opts["data_options"]),
+                                    store, opts)
         metrics, notes, community, ref = _simple_metrics(store, data_by_split, benchmark), [], None, None
     rows = [store.rows[(sp, s.id)] for sp, samples in data_by_split.items() for s in samples]
     meta = {**{k: opts[k] for k in IDENTITY}, "notes": notes, "seconds": round(time.time() - start, 2),

@@ -90,6 +90,9 @@ class ScoreConfig:
         if not (self.lr > 0 and 0 < self.threshold < 1 and self.draws >= 1 and self.sigma > 0):
             raise MrdkitError(f"score settings need lr > 0, 0 < threshold < 1, draws >= 1, sigma > 0; got "
                               f"lr={self.lr}, threshold={self.threshold}, draws={self.draws}, sigma={self.sigma}")
+        from mrdkit.scoring.config import check_sigma_range
+
+        check_sigma_range(float(self.sigma))  # the mrd_* scores: the same range as mrd score
         return self
 
 

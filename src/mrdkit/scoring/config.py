@@ -13,6 +13,11 @@ from mrdkit.errors import MrdkitError
 
 PERTURB_MODES = ("copy", "lowmem")
 SHARDS = ("draws", "samples")
+# The sigma a scoring run accepts. The paper uses 1e-5 (arXiv:2504.06658, section 4). Below 1e-9 the curvature
+# part, which grows as sigma^2, is ~1e-18 of a weight's effect: under float64 rounding of any model. Above 0.1 the
+# noise is as large as typical weights (std ~0.02-0.1): the perturbed model is another model, and MRD is no longer
+# the local (second-order) measure the paper derives. The floor check tests the range in between on the model.
+SIGMA_RANGE = (1e-9, 0.1)
 
 
 @dataclass
@@ -44,6 +49,8 @@ class MRDConfig:
     diagnostics: bool = True
     perturb_mode: str = "copy"  # copy | lowmem (one module's weights cloned at a time; same numbers)
     shard: str = "draws"  # multi-process split: draws | samples (mrdkit.scoring.distributed; same numbers)
+    # keep a run whose floor check failed (every sample then unresolved) instead of refusing it
+    allow_floor: bool = False
 
     def validate(self, *, allow_zero_sigma: bool = False) -> MRDConfig:
         """Raise a one-line :class:`MrdkitError` for values that cannot work. ``allow_zero_sigma``: the engine's
@@ -54,8 +61,17 @@ class MRDConfig:
         ok = isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
         if not (ok and (self.sigma > 0 or (allow_zero_sigma and self.sigma == 0))):
             raise MrdkitError(f"sigma must be a finite positive number, got {self.sigma!r}")
+        if not allow_zero_sigma:
+            check_sigma_range(float(self.sigma))
+        if self.clip is not None and not (isinstance(self.clip, (int, float)) and math.isfinite(self.clip)
+                                          and self.clip > 0):
+            raise MrdkitError(f"clip must be a positive number (the largest MRD kept; the reference code clips at "
+                              f"2), got {self.clip!r}: a clip <= 0 would replace every MRD by it")
         if self.draws < 1:
             raise MrdkitError(f"draws (K) must be >= 1, got {self.draws}")
+        if self.max_length < 2:
+            raise MrdkitError(f"max_length must be >= 2 tokens (one to condition on, one to score), got "
+                              f"{self.max_length}")
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise MrdkitError("batch_size and checkpoint_every must be >= 1")
         if self.token_set not in TOKEN_SETS:
@@ -79,3 +95,14 @@ class MRDConfig:
         if unknown:
             raise MrdkitError(f"unknown MRD setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return replace(self, **overrides).validate(allow_zero_sigma=allow_zero_sigma)
+
+
+def check_sigma_range(sigma: float) -> None:
+    """One-line refusal of a sigma outside :data:`SIGMA_RANGE`, with the reason."""
+    low, high = SIGMA_RANGE
+    if sigma < low:
+        raise MrdkitError(f"sigma={sigma:g} is below {low:g}: the curvature MRD measures grows as sigma^2 and would "
+                          f"sit under the rounding of float64 weights (paper: 1e-5)")
+    if sigma > high:
+        raise MrdkitError(f"sigma={sigma:g} is above {high:g}: noise that large replaces the weights instead of "
+                          f"probing them, so MRD is no longer the local measure of the paper (paper: 1e-5)")

@@ -35,7 +35,8 @@ class EstimateResult:
         mean: (N,) signed mean over draws.
         stderr: (N,) ``std(values, ddof=1) / sqrt(K)`` (inf when K < 2).
         mrd: (N,) ``|mean|``, clipped at ``clip`` when one was given.
-        unresolved: (N,) bool, ``|mean| < 2 * stderr``: K is too small to tell the sign/size from noise.
+        unresolved: (N,) bool, ``|mean| < 2 * stderr`` (K is too small to tell the sign/size from noise), a
+            non-finite mean or stderr, or zero variance (:func:`unresolved_mask`).
         first_order_values, first_order_mean, first_order_stderr, first_order_spread: antithetic only; the odd
             (gradient) part f_k, its mean and standard error, and its spread ``std(f_k)`` (~ sigma * ||g|| in the
             relative units of r).
@@ -92,11 +93,19 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, values.std(dim=1, correction=1) / math.sqrt(k)
 
 
+def unresolved_mask(mean: torch.Tensor, stderr: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the estimate cannot be told from Monte Carlo noise, ``|mean| < 2 * stderr`` (about a 95% interval
+    around the mean that holds 0), or is not a usable number at all: a non-finite mean or stderr, or zero variance
+    (``stderr == 0``: every draw gave the same value, which happens when the noise never changed the log-probs)."""
+    finite = torch.isfinite(mean) & torch.isfinite(stderr)
+    return ~finite | (stderr == 0) | (mean.abs() < 2 * stderr)
+
+
 def _mrd(mean: torch.Tensor, stderr: torch.Tensor, clip: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
     mrd = mean.abs()
     if clip is not None:
         mrd = mrd.clamp(max=float(clip))
-    return mrd, mean.abs() < 2 * stderr
+    return mrd, unresolved_mask(mean, stderr)
 
 
 class Accumulator:

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from mrdkit.data.templates import resolve_template
 from mrdkit.dist import gather_objects, init_distributed, on_rank0, wants_distributed
 from mrdkit.errors import MrdkitError
 from mrdkit.logprob import model_device
-from mrdkit.models import check_mrd_dtype, fit_max_length, model_fingerprint, resolve_model
-from mrdkit.runs import RunDir, atomic_path, digest, dumps, run_state
+from mrdkit.models import check_mrd_dtype, fit_max_length, model_dtype, model_fingerprint, resolve_model
+from mrdkit.runs import RunDir, atomic_path, check_output_dir, digest, dumps, run_state
 from mrdkit.scoring.config import MRDConfig
 from mrdkit.scoring.engine import EngineResult, floor_check, score_batches
 
@@ -42,7 +44,9 @@ CHECKPOINT = "state/accumulator.safetensors"
 MEAN_COLUMNS = {"paper": "mean_relative_change", "antithetic": "curvature"}
 # columns of mrd.jsonl written from the result's own tensors; every other column is a proxy
 _CORE_COLUMNS = ("id", "mrd", "stderr", "resolved", *MEAN_COLUMNS.values(), "base_logprob", "n_tokens",
-                 "first_order_spread", "estimator", "sigma", "draws", "dtype")
+                 "first_order_spread", "estimator", "sigma", "draws", "dtype", "model")
+# settings repeated on every row, so that mrd.jsonl / mrd.parquet read alone say how their numbers were made
+_ROW_SETTINGS = ("estimator", "sigma", "draws", "dtype", "model")
 
 
 def mean_column(estimator: str) -> str:
@@ -77,8 +81,10 @@ class MRDResult:
         """One JSON-ready row per sample (the ``mrd.jsonl`` schema): ``mrd`` = |signed mean| (clipped), its
         ``stderr`` and ``resolved`` flag, the signed mean under its own name (:data:`MEAN_COLUMNS`:
         ``mean_relative_change`` for the paper estimator, ``curvature`` for the antithetic one), the base log-prob,
-        the token count, the first-order spread (antithetic) and the proxies."""
+        the token count, the first-order spread (antithetic), the settings that made the number (estimator,
+        sigma, draws K, dtype, model) and the proxies."""
         mean_key = mean_column(self.config.get("estimator", ""))
+        settings = {k: self.config[k] for k in _ROW_SETTINGS if k in self.config}
         out = []
         for i, sid in enumerate(self.ids):
             row = {"id": sid, "mrd": float(self.mrd[i]), "stderr": float(self.stderr[i]),
@@ -86,6 +92,7 @@ class MRDResult:
                    "base_logprob": float(self.base_logprob[i]), "n_tokens": int(self.n_tokens[i])}
             if self.first_order_spread is not None:
                 row["first_order_spread"] = float(self.first_order_spread[i])
+            row.update(settings)
             row.update({k: v for k, v in self.proxies.get(sid, {}).items() if k not in row})
             out.append(row)
         return out
@@ -99,7 +106,9 @@ class MRDResult:
     def summary(self) -> dict[str, Any]:
         """Aggregate numbers for ``summary.json``."""
         mrd = self.mrd.double()
-        return {"n_samples": len(self.ids), "mrd_mean": float(mrd.mean()), "mrd_median": float(mrd.median()),
+        return {"n_samples": len(self.ids), **{k: self.config.get(k) for k in _ROW_SETTINGS},
+                "floor_ok": self.diagnostics.get("ok"), "floor_reason": self.diagnostics.get("reason"),
+                "mrd_mean": float(mrd.mean()), "mrd_median": float(mrd.median()),
                 "mrd_min": float(mrd.min()), "mrd_max": float(mrd.max()),
                 "unresolved": int(self.unresolved.sum()), "unresolved_fraction": float(self.unresolved.double().mean()),
                 "config": self.config, "timing": self.timing, "diagnostics": self.diagnostics}
@@ -178,11 +187,41 @@ def make_batches(samples: Sequence[Any], tokenizer: Any, cfg: MRDConfig, model: 
 
 
 def run_config(cfg: MRDConfig, samples: Sequence[Any], model: Optional[dict[str, Any]] = None,
-               **extra: Any) -> dict[str, Any]:
-    """The ``config.json`` of a scoring run: settings, sample count, a digest of the sample ids and the model's
-    :func:`~mrdkit.models.model_fingerprint` (so a run is never resumed or reused with other weights)."""
+               tokenizer: Any = None, **extra: Any) -> dict[str, Any]:
+    """The ``config.json`` of a scoring run: settings, sample count, a digest of the sample ids, the model's
+    :func:`~mrdkit.models.model_fingerprint` (so a run is never resumed or reused with other weights) and, with
+    ``tokenizer``, the template ``auto`` picked for it (``template_used``)."""
+    used = {"template_used": resolve_template(cfg.template, tokenizer)} if tokenizer is not None else {}
     return {"kind": "mrd", "mrd": asdict(cfg), "samples": len(samples), "ids": digest(s.id for s in samples),
-            "model": model, **extra}
+            "model": model, **used, **extra}
+
+
+def model_label(module: Any, spec: Optional[str]) -> str:
+    """What names the model in the outputs: its spec (path, hub id, ``tiny...``, testbed name), else the path it was
+    loaded from, else its class."""
+    return spec or str(getattr(module, "name_or_path", "") or "") or type(module).__name__
+
+
+def check_floor(diagnostics: dict[str, Any], cfg: MRDConfig) -> None:
+    """Refuse a run whose floor check failed (:func:`~mrdkit.scoring.engine.floor_check`), unless
+    ``cfg.allow_floor``: its MRDs would rank rounding noise, not memory (every sample is then unresolved)."""
+    if diagnostics and not diagnostics.get("ok", True) and not cfg.allow_floor:
+        raise MrdkitError(f"{diagnostics['reason']}; score in float64 (--dtype float64, or --dtype auto), change "
+                          f"--sigma, or pass --allow-floor to keep a run whose every sample is unresolved")
+
+
+def float32_is_enough(loaded: Any, samples: Sequence[Any], cfg: MRDConfig) -> tuple[bool, str]:
+    """``--dtype auto``: does a float32 model pass the floor check (:func:`~mrdkit.scoring.engine.floor_check`) for
+    these samples and settings? Returns ``(ok, reason)``; the caller loads the model in float64 when not ok
+    (loading, not casting: a model stored in float64 would lose its low bits in a float32 round trip)."""
+    if model_dtype(loaded.model) != torch.float32 or not cfg.diagnostics:
+        return True, "as loaded"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # float32 failing is the expected news here, not a warning
+        check = floor_check(loaded.model, make_batches(samples, loaded.tokenizer, cfg, loaded.model), cfg)
+    if check["ok"]:
+        return True, "auto: float32 passes the floor check"
+    return False, "auto: float32 is not enough: " + check["reason"].removeprefix("floor check failed: ")
 
 
 def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, config: Optional[MRDConfig] = None,
@@ -207,23 +246,27 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     Returns:
         :class:`MRDResult` (on every rank).
     """
-    module, tokenizer, _ = resolve_model(model, tokenizer, for_mrd=True)
+    module, tokenizer, spec = resolve_model(model, tokenizer, for_mrd=True)
     cfg = (config or MRDConfig()).with_overrides(**overrides)
     check_mrd_dtype(module)
     if not samples:
         raise MrdkitError("no samples to score")
     fingerprint = model_fingerprint(module) if out_dir is not None else None
-    if resume and out_dir is not None and run_state(out_dir, run_config(cfg, samples, fingerprint)) == "finished":
+    if resume and out_dir is not None and \
+            run_state(out_dir, run_config(cfg, samples, fingerprint, tokenizer)) == "finished":
         return load_mrd_result(out_dir)  # a finished run with the same settings: nothing left to compute
+    if out_dir is not None:
+        check_output_dir(out_dir)  # before the floor check's passes: a model folder is never an output
     multi = wants_distributed(distributed)
     rank, world = init_distributed(model_device(module)) if multi else (0, 1)
     extra = {"world_size": world} if multi else {}
-    run = on_rank0(lambda: _open_run(out_dir, cfg, samples, resume, overwrite, fingerprint, **extra), rank, world,
-                   share=False)
     batches = make_batches(samples, tokenizer, cfg, module)
+    diagnostics = on_rank0(lambda: _floor_diagnostics(module, batches, cfg), rank, world)
+    check_floor(diagnostics, cfg)  # every rank has the same diagnostics, so every rank refuses alike
+    run = on_rank0(lambda: _open_run(out_dir, cfg, samples, resume, overwrite, fingerprint, tokenizer, **extra),
+                   rank, world, share=False)
     timing: dict[str, float] = {}
-    proxies, diagnostics = on_rank0(lambda: (_proxies(module, batches, samples, cfg, run, timing),
-                                             _floor_diagnostics(module, batches, cfg)), rank, world)
+    proxies = on_rank0(lambda: _proxies(module, batches, samples, cfg, run, timing), rank, world)
     tic = time.perf_counter()
     if multi:
         from mrdkit.scoring.distributed import score_batches_distributed
@@ -236,7 +279,9 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
         result = score_batches(module, batches, cfg, progress=progress, checkpoint=_checkpointer(run, cfg),
                                start_draw=start, accumulator=state)
     timing.update(draws_s=time.perf_counter() - tic, forward_passes=float(result.forward_passes))
-    out = _to_result(result, proxies, cfg, timing, diagnostics, out_dir)
+    labels = {"dtype": str(model_dtype(module)).removeprefix("torch."), "model": model_label(module, spec),
+              "template_used": resolve_template(cfg.template, tokenizer)}
+    out = _to_result(result, proxies, cfg, timing, diagnostics, out_dir, labels)
     if run is not None:
         write_outputs(run, out, result.estimate.first_order_values)
     if multi:
@@ -245,10 +290,10 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
 
 
 def _open_run(out_dir, cfg: MRDConfig, samples: Sequence[Any], resume: bool, overwrite: bool,
-              model: Optional[dict[str, Any]] = None, **extra: Any) -> Optional[RunDir]:
+              model: Optional[dict[str, Any]] = None, tokenizer: Any = None, **extra: Any) -> Optional[RunDir]:
     if out_dir is None:
         return None
-    run = RunDir(out_dir, run_config(cfg, samples, model, **extra), resume=resume, overwrite=overwrite)
+    run = RunDir(out_dir, run_config(cfg, samples, model, tokenizer, **extra), resume=resume, overwrite=overwrite)
     if not resume:  # a fresh run must not pick up an earlier attempt's cached proxies or saved draws
         for stale in [run.file("proxies.json"), *run.file("state").glob("*.safetensors")]:
             stale.unlink(missing_ok=True)
@@ -311,10 +356,14 @@ def _load_checkpoint(run: RunDir) -> tuple[int, Optional[dict[str, Any]]]:
     return int(raw.shape[2]), state
 
 
-def _to_result(result: EngineResult, proxies, cfg: MRDConfig, timing, diagnostics, out_dir) -> MRDResult:
+def _to_result(result: EngineResult, proxies, cfg: MRDConfig, timing, diagnostics, out_dir,
+               labels: dict[str, Any]) -> MRDResult:
+    """The run's :class:`MRDResult`; after a failed floor check (kept with ``allow_floor``) no sample is resolved:
+    its number may be rounding noise however small its Monte Carlo error looks."""
     est = result.estimate
-    return MRDResult(ids=result.ids, mrd=est.mrd, mean=est.mean, stderr=est.stderr, unresolved=est.unresolved,
+    unresolved = est.unresolved | (not diagnostics.get("ok", True))
+    return MRDResult(ids=result.ids, mrd=est.mrd, mean=est.mean, stderr=est.stderr, unresolved=unresolved,
                      base_logprob=result.base_logprob, n_tokens=result.n_tokens, draws=est.values,
                      first_order_spread=est.first_order_spread, proxies=proxies,
-                     config=asdict(cfg) | {"n_perturbed": result.n_perturbed}, timing=timing,
+                     config=asdict(cfg) | {"n_perturbed": result.n_perturbed} | labels, timing=timing,
                      diagnostics=diagnostics, out_dir=Path(out_dir) if out_dir is not None else None)

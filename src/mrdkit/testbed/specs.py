@@ -33,3 +33,14 @@ def load_model(spec: str | os.PathLike, **kwargs: Any) -> LoadedModel:
 
     keep = {k: v for k, v in kwargs.items() if k in ("dtype", "device", "for_mrd", "attn_implementation")}
     return load_testbed_spec(str(spec), **keep)
+
+
+def load_tokenizer(spec: str | os.PathLike, **kwargs: Any) -> Any:
+    """Only the tokenizer of a model spec, testbed names included (:func:`mrdkit.models.load_tokenizer`)."""
+    from mrdkit.models import load_tokenizer as load_base_tokenizer
+
+    if not is_testbed_spec(spec):
+        return load_base_tokenizer(spec, **kwargs)
+    from mrdkit.testbed.tofu import testbed_model_dir
+
+    return load_base_tokenizer(testbed_model_dir(str(spec)))

@@ -380,13 +380,27 @@ def load_testbed(tier: str = "tiny", which: str = "target", *, dtype: Any = "flo
     return lm
 
 
-def load_testbed_spec(spec: str, **kwargs: Any):
-    """``load_model`` entry point for ``testbed[-<tier>][:target|retain]`` (e.g. ``testbed:retain``)."""
+def parse_testbed_spec(spec: str) -> tuple[str, str]:
+    """``(tier, which)`` of ``testbed[-<tier>][:target|retain]`` (e.g. ``testbed:retain`` -> ``("tiny", "retain")``)."""
     head, _, which = spec.partition(":")
     tier = head[len("testbed-"):] if head.startswith("testbed-") else "tiny"
     if head not in ("testbed", f"testbed-{tier}"):
         raise MrdkitError(f"bad testbed spec {spec!r} (use testbed, testbed:retain, testbed-smollm2:target)")
-    return load_testbed(tier, which or "target", **kwargs)
+    which = which or "target"
+    if which not in WHICH:
+        raise MrdkitError(f"unknown testbed model {which!r} (known: {', '.join(WHICH)})")
+    return tier, which
+
+
+def load_testbed_spec(spec: str, **kwargs: Any):
+    """``load_model`` entry point for ``testbed[-<tier>][:target|retain]`` (e.g. ``testbed:retain``)."""
+    return load_testbed(*parse_testbed_spec(spec), **kwargs)
+
+
+def testbed_model_dir(spec: str) -> Path:
+    """The folder of the model a testbed spec names (its tokenizer and weights)."""
+    tier, which = parse_testbed_spec(spec)
+    return testbed_dir(tier) / which
 
 
 def verify_testbed(tier: str = "tiny", path: str | os.PathLike | None = None) -> dict[str, bool]:

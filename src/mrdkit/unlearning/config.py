@@ -136,7 +136,10 @@ class UnlearnConfig:
                  f"mrd_draws and rescore_draws (MRD draws K) must be >= 1, got {self.mrd_draws}, {self.rescore_draws}")
         _require(math.isfinite(self.mrd_sigma) and self.mrd_sigma > 0,
                  f"mrd_sigma must be a finite positive number, got {self.mrd_sigma}")
+        from mrdkit.scoring.config import check_sigma_range
         from mrdkit.scoring.estimators import ESTIMATORS
+
+        check_sigma_range(float(self.mrd_sigma))  # on-the-fly scores: the same range as mrd score
 
         ESTIMATORS.get(self.mrd_estimator)  # did-you-mean before any model loads
         _require(self.score_direction in (None, "easier", "harder"),
@@ -161,10 +164,11 @@ class UnlearnConfig:
                      f"lora needs r >= 1, alpha > 0, 0 <= dropout < 1; got {self.lora}")
 
     def warmup_for(self, total_steps: int) -> int:
-        """Warmup steps for a run of ``total_steps``: ``warmup_steps`` or ``ceil(warmup_ratio * total)``."""
-        if self.warmup_steps is not None:
-            return min(self.warmup_steps, total_steps)
-        return math.ceil(self.warmup_ratio * total_steps)
+        """Warmup steps for a run of ``total_steps``: ``warmup_steps`` or ``ceil(warmup_ratio * total)``, at most
+        ``total_steps - 1``. Why the cap: warmup starts at lr 0 (step s has ``lr * s / W``), so a warmup as long as
+        the run (1 step of 1: ``ceil(0.2 * 1) = 1``) would leave every step at lr 0 and change nothing."""
+        wanted = self.warmup_steps if self.warmup_steps is not None else math.ceil(self.warmup_ratio * total_steps)
+        return max(0, min(wanted, total_steps - 1))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ import torch
 from mrdkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError, NonFiniteLossError
-from mrdkit.models import fit_max_length
+from mrdkit.models import fit_max_length, weights_digest
 from mrdkit.runs import atomic_write_jsonl, dumps
 from mrdkit.train import seeded_dropout, train_step
 from mrdkit.unlearning import feed as F
@@ -276,6 +277,19 @@ def plot_probabilities(history: list[dict[str, Any]], path: Path) -> Path | None
                  ylabel="mean P(a|q)")
 
 
+def check_weights_changed(r: RunState, start_digest: str) -> bool:
+    """Whether the trainable weights differ from the start (:func:`~mrdkit.models.weights_digest`); warns when
+    they do not, since a run that changed nothing (every step at lr 0, a zero loss, frozen weights) must not read as
+    a success."""
+    changed = weights_digest(r.params.items()) != start_digest
+    if not changed:
+        steps = r.history[-1]["step"]
+        warnings.warn(f"the weights did not change in {steps} optimizer step(s) (peak lr {r.cfg.lr:g}, schedule "
+                      f"{r.cfg.schedule}, warmup {r.cfg.warmup_for(r.total)} step(s)): nothing was unlearned; raise "
+                      f"--lr, --epochs or --max-steps", UserWarning, stacklevel=3)
+    return changed
+
+
 def finish_run(r: RunState, wall: float) -> UnlearnResult:
     r.acc.wait_for_everyone()
     stop_step, reason = r.stop if r.stop else (None, None)
@@ -284,6 +298,8 @@ def finish_run(r: RunState, wall: float) -> UnlearnResult:
                **{f"{k}_{end}": _last_with(r.history, k, end == "start") for k in ("forget_prob", "retain_prob")
                   for end in ("start", "end")},
                "trainable_params": sum(p.numel() for p in r.params.values()), "wall_s": round(wall, 2), **r.info}
+    if r.start_weights is not None:
+        summary["weights_changed"] = check_weights_changed(r, r.start_weights)
     model = r.raw
     if r.run_dir is not None and r.acc.is_main_process:
         merge = bool(r.cfg.lora and r.cfg.lora.merge_on_save)
@@ -346,6 +362,7 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
     r = build_run(model, tokenizer, list(forget), list(retain or []), meth, sampler, scores, cfg, out_dir=out_dir,
                   resume=resume, overwrite=overwrite, idk=idk, ref_model=ref_model, run_meta=run_meta)
     r.callbacks, r.progress = list(callbacks), progress
+    r.start_weights = weights_digest(r.params.items())  # before a resumed run loads its checkpoint
     try:
         if r.checkpoint:
             position = _resume(r)

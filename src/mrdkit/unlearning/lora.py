@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mrdkit.errors import MrdkitError
+from mrdkit.runs import as_ordinary_output
 from mrdkit.seeding import derive_seed
 from mrdkit.unlearning.config import LoraSettings
 
@@ -84,7 +85,8 @@ def save_final_model(model: torch.nn.Module, tokenizer: Any, path: Path, *, merg
             model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder is an ordinary output
+        for entry in [tmp, *tmp.rglob("*")]:  # mkdtemp (and transformers' own temp files) make them private
+            as_ordinary_output(entry)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

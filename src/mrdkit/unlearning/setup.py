@@ -18,6 +18,7 @@ import torch
 
 from mrdkit.checkpoint import latest_checkpoint
 from mrdkit.data import Sample, check_unique_ids, load_idk
+from mrdkit.data.templates import resolve_template
 from mrdkit.errors import MrdkitError
 from mrdkit.models import clone_frozen, model_fingerprint, resolve_device
 from mrdkit.runs import RunDir, digest
@@ -73,6 +74,7 @@ class RunState:
     checkpoint: Path | None = None  # the checkpoint to resume from
     raw_optimizer: Any = None  # the optimizer accelerate wrapped (checkpoints load into it)
     info: dict[str, Any] = field(default_factory=dict)  # method / sampler / scores / LoRA targets for the summary
+    start_weights: str | None = None  # weights_digest of the trainable parameters before any update
 
 
 def resolve_method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
@@ -186,6 +188,7 @@ def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth
     if not params:
         raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
     config = run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
+    config["template_used"] = resolve_template(cfg.template, tokenizer)  # what "auto" picked, for the record
     run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
     if run_dir is not None:
         trackers.start(acc, trackers.tracker_names(cfg.report_to), run_dir.path, config, resume)
