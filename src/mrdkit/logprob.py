@@ -102,8 +102,15 @@ def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, moments: bool
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless module)."""
+    """Where the model's inputs go: the device of its first parameter (CPU for a parameterless module); for a model
+    whose weights accelerate keeps in host memory (``cpu_offload``: parameters on the meta device, loaded module by
+    module by hooks) the device those hooks execute on."""
     for p in model.parameters():
+        if p.device.type == "meta":
+            for module in model.modules():
+                device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+                if device is not None:
+                    return torch.device(device)
         return p.device
     return torch.device("cpu")
 

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -179,12 +179,25 @@ def fit_max_length(model: Any, max_length: int) -> int:
     return max_length if limit is None else min(max_length, limit)
 
 
-def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
+def clone_frozen(model: torch.nn.Module, *, share: Iterable[torch.Tensor] = (),
+                 device: torch.device | str | None = None) -> torch.nn.Module:
     """A deep copy in eval mode with ``requires_grad=False`` everywhere: the fixed reference model of NPO / KL.
 
-    The copy shares no storage with ``model``, so training ``model`` leaves the reference untouched.
+    By default the copy shares no storage with ``model``, so training ``model`` leaves the reference untouched.
+    Tensors in ``share`` (parameters or buffers that will never train) are the SAME tensors in the copy
+    (``copy.deepcopy``'s memo maps each to itself): a weight that cannot change cannot diverge from the start
+    model, so sharing it is exact and only the weights that train are duplicated. With ``device`` the other
+    parameters and buffers are copied straight to it, one tensor at a time (a 7B model on a GPU copied to the CPU
+    never needs a second copy on the GPU).
     """
-    ref = copy.deepcopy(model)
+    memo: dict[int, Any] = {id(t): t for t in share}
+    if device is not None:
+        for p in model.parameters():
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(p.detach().to(device, copy=True), requires_grad=False)
+        for b in model.buffers():
+            memo.setdefault(id(b), b.to(device, copy=True))
+    ref = copy.deepcopy(model, memo)
     ref.eval()
     ref.requires_grad_(False)
     return ref
