@@ -90,6 +90,8 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     full = get_optimizer_state_dict(model, optimizer, options=options(cpu_offload=True))
+    if "param_groups" not in full:  # ranks other than 0 get an empty dict
+        return {}
     index, groups = {}, []
     for group in full["param_groups"]:
         ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
@@ -111,10 +113,15 @@ def load_full(model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: 
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's state dict on CPU for ``save_pretrained(state_dict=...)`` (collective; rank 0 gets it)."""
+    """The whole model's state dict on CPU for ``save_pretrained(state_dict=...)`` (collective; rank 0 gets it).
+
+    A tied weight appears once, under its first name (``named_parameters``' rule), as in an unsharded save: the
+    gathered dict lists it under every alias (GPT-2's ``lm_head.weight`` = ``transformer.wte.weight``)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=options(cpu_offload=True))
+    full = get_model_state_dict(model, options=options(cpu_offload=True))
+    keep = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in full.items() if name in keep}
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
