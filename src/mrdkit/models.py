@@ -146,11 +146,19 @@ def ensure_pad_token(tokenizer: Any, model: Any) -> None:
 
 def finish_loading(model: Any, tokenizer: Any, spec: str, *, dtype: Any = "float32", device: Any = "auto",
                    for_mrd: bool = False) -> LoadedModel:
-    """Cast, move, set eval mode and a pad token, enforce the MRD dtype policy; wrap as :class:`LoadedModel`."""
-    torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
+    """Cast, move, set eval mode and a pad token, enforce the MRD dtype policy; wrap as :class:`LoadedModel`.
+
+    ``device=None``: the weights are already placed (a ``device_map`` spread them over devices); not moved."""
+    from mrdkit.logprob import model_device
+
+    torch_dtype = resolve_dtype(dtype)
     if for_mrd:
         refuse_half_for_mrd(torch_dtype)
-    model = model.to(device=dev, dtype=torch_dtype)
+    if device is None:
+        dev = model_device(model)
+    else:
+        dev = resolve_device(device)
+        model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     ensure_pad_token(tokenizer, model)
     if for_mrd:
@@ -275,7 +283,8 @@ def _first_line(err: BaseException) -> str:
 
 def load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: Any, device: Any,
                     for_mrd: bool) -> LoadedModel:
-    """``from_pretrained`` a directory or hub id; a cached hub id loads without touching the network."""
+    """``from_pretrained`` a directory or hub id; a cached hub id loads without touching the network. With
+    ``hf["device_map"]`` transformers / accelerate place the weights (``device`` is then not used)."""
     torch_dtype = resolve_dtype(dtype)
     cached = local or in_hub_cache(source)
     if not cached and hub_offline():
@@ -294,7 +303,9 @@ def load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: Any
         raise MrdkitError(f"model {spec!r} ships its own Python code, which mrdkit does not run unless asked: pass "
                           f"--trust-remote-code (Python: the trust_remote_code argument) only if you trust its "
                           f"source") from None
-    return finish_loading(model, tokenizer, spec, dtype=torch_dtype, device=device, for_mrd=for_mrd)
+    placed = hf.get("device_map") is not None
+    return finish_loading(model, tokenizer, spec, dtype=torch_dtype, device=None if placed else device,
+                          for_mrd=for_mrd)
 
 
 # ---------------------------------------------------------------------------------------- tiny, SmolLM2
@@ -391,6 +402,7 @@ def load_model(
     tiny_texts: Sequence[str] | None = None,
     seed: int = 0,
     attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
@@ -407,6 +419,9 @@ def load_model(
         tiny_texts: tokenizer training texts for tiny models (default: :func:`mrdkit.tiny.default_texts`).
         seed: weight-initialisation seed for tiny models.
         attn_implementation: e.g. ``"eager"``, which Hessian-vector products need; ``None`` = library default.
+        device_map: spread a pretrained model's layers over several devices (``"auto"``, or ``{module: device}``),
+            as ``from_pretrained(device_map=...)``: for a model larger than one GPU. MRD perturbs each weight on
+            the device it lives on; weights offloaded to host memory or disk are refused by the perturbers.
 
     Returns:
         :class:`LoadedModel` in eval mode.
@@ -421,10 +436,13 @@ def load_model(
     if spec == "tiny" or spec.startswith(("tiny-", "tiny:")):
         from mrdkit.tiny import TINY_DEFAULTS, parse_tiny_spec
 
+        if device_map is not None:
+            raise MrdkitError("device_map places the layers of a pretrained model; a tiny model fits one device")
+
         arch, sizes = parse_tiny_spec(spec)
         return build_tiny_model(tiny_texts, arch=arch, seed=seed, attn_implementation=attn_implementation,
                                 **{**TINY_DEFAULTS, **sizes}, **common)
-    hf = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    hf = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, device_map=device_map)
     if spec == "smollm2":
         return load_pretrained(str(smollm2_dir()), "smollm2", local=True, hf=hf, **common)
     path = Path(spec).expanduser()

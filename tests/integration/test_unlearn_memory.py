@@ -230,3 +230,11 @@ def test_cli_runs_lora_with_bf16_frozen_weights_and_checkpointing(tmp_path):
     assert (tmp_path / "run/model/adapter_model.safetensors").is_file()
     bad = run_cli_inprocess(*common, "--out", tmp_path / "bad", "--mixed-precision", "fp16")
     assert_user_error(bad, "fp16 needs a GPU")
+
+
+def test_a_bf16_lora_run_scores_mrd_on_the_fly_in_fp32_module_by_module(tiny):
+    model = copy.deepcopy(tiny.model).to(torch.bfloat16)  # as `mrd unlearn --lora --weights-dtype bfloat16` loads
+    cfg = {"lora": LoraSettings(), "mixed_precision": "bf16", "weights_dtype": "bfloat16", "mrd_draws": 2,
+           "max_steps": 1}
+    result = run(tiny, model, method="npo", sampler="cga", cfg=cfg)
+    assert result.summary["scores"] == "on-the-fly" and len(result.history) == 2

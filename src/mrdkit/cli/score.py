@@ -19,7 +19,11 @@ def score_command(
     draws: int = typer.Option(100, help="Monte Carlo draws K (antithetic: K pairs)"),
     sigma: float = typer.Option(1e-5, help="noise scale sigma (paper: 1e-5)"),
     estimator: str = typer.Option("antithetic", help="paper | antithetic"),
-    dtype: str = typer.Option("float32", help="float32 | float64 (bf16/fp16 refused for MRD)"),
+    dtype: str = typer.Option("float32", help="float32 | float64; bfloat16 / float16 only with --compute-dtype"),
+    compute_dtype: Optional[str] = typer.Option(None, help="float32 | float64: score half-precision weights in this "
+                                                           "dtype one module at a time (implies lowmem)"),
+    device_map: Optional[str] = typer.Option(None, help="spread a model larger than one GPU over the GPUs: auto, or "
+                                                        "a JSON {module: device} (from_pretrained's device_map)"),
     batch_size: int = typer.Option(16, help="samples per forward pass"),
     seed: int = typer.Option(0, help="run seed (noise of draw k is independent of batching)"),
     token_set: str = typer.Option("all", help=TOKEN_SET_HELP),
@@ -55,12 +59,15 @@ def score_command(
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     encoding=encoding,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
-                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard)
+                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard, compute_dtype=compute_dtype)
+    if compute_dtype is not None and perturb_mode == "copy":
+        cfg.perturb_mode = "lowmem"  # copy mode would clone every weight in fp32: the copy compute_dtype avoids
     cfg = apply_overrides(cfg, set_).validate()
     samples = load_data(data, split=split, limit=limit, question_key=question_key, answer_key=answer_key,
                         text_key=text_key)
     loaded = load_model_for(model, samples, dtype=dtype, device=_rank_device(device),
-                            trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+                            trust_remote_code=trust_remote_code, for_mrd=cfg.compute_dtype is None, seed=seed,
+                            device_map=_device_map(device_map))
     if chunk_tokens is not None:
         samples = chunk_texts(samples, loaded.tokenizer, chunk_tokens)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
@@ -78,6 +85,20 @@ def score_command(
     summary = result.summary()
     typer.echo(f"median MRD {summary['mrd_median']:.4g}; unresolved at K={cfg.draws}: {summary['unresolved']} "
                f"of {summary['n_samples']}; wrote {out}/mrd.jsonl")
+
+
+def _device_map(value: Optional[str]):
+    """``auto`` / ``balanced`` / ... as given, a JSON object as a dict, None as None."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    import json
+
+    from mrdkit.errors import MrdkitError
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise MrdkitError(f"--device-map is not valid JSON: {exc}") from None
 
 
 def _rank_device(device: str) -> str:
