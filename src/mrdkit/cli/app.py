@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli import bench, difficulty, evaluate, score, unlearn
+from mrdkit.cli import bench, difficulty, evaluate, plan, score, unlearn
 
 app = typer.Typer(
     name="mrd",
@@ -112,7 +112,7 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _register_commands() -> None:
     """Attach the command modules (each imports its heavy dependencies inside its commands)."""
-    for module in (score, unlearn, evaluate, difficulty, bench):
+    for module in (score, unlearn, evaluate, difficulty, bench, plan):
         module.register(app)
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings, seed: int = 0) ->
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none", task_type="CAUSAL_LM",
                         fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D stores weights transposed
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft asks a checkpointing model transformers' deprecated `is_gradient_checkpointing`: not the user's doing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(derive_seed(seed, "lora-init"))
         try:
             peft_model = get_peft_model(model, config)
