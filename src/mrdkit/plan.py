@@ -445,13 +445,21 @@ def _logit_bytes(settings: PlanSettings, shape: ModelShape, batch: int) -> dict[
 
     ``held``: the fp64 log-softmax kept for the backward; ``forward``: what is alive while it is computed (the
     logits in the compute dtype, accelerate's fp32 copy of them under autocast, the fp64 copy and the fp64
-    log-softmax); ``backward``: the log-softmax's backward (incoming gradient, softmax, outgoing gradient in fp64)
-    and the fp32 gradient of the logits.
+    log-softmax); ``backward``: on top of the held log-softmax, the gather's and the log-softmax's fp64 gradients
+    (measured on the CPU: 16.2 bytes per logit above what the forward left).
     """
     n = batch * settings.seq_len * shape.vocab
     autocast = settings.mixed_precision != "no"
-    return {"held": 8.0 * n, "forward": n * ((2 + 4) if autocast else 4) + 16.0 * n, "backward": n * (24 + 4.0),
+    return {"held": 8.0 * n, "forward": n * ((2 + 4) if autocast else 4) + 16.0 * n, "backward": 16.0 * n,
             "no_grad": n * ((2 if autocast else 4) + 16.0)}
+
+
+def block_transient(shape: ModelShape, settings: PlanSettings, tokens: int, wide: int = 4) -> float:
+    """Bytes a block's forward without gradients holds at its worst moment: the MLP's input and two intermediate
+    tensors, or query, key, value and (eager attention) the probabilities; freed before the LM head runs."""
+    mlp = shape.hidden + 2 * shape.intermediate
+    attention = 3 * shape.hidden + (shape.heads * settings.seq_len if settings.attn_implementation == "eager" else 0)
+    return float(tokens * wide * max(mlp, attention))
 
 
 def unlearn_budget(shape: ModelShape, settings: PlanSettings) -> dict[str, Any]:
@@ -484,7 +492,8 @@ def unlearn_budget(shape: ModelShape, settings: PlanSettings) -> dict[str, Any]:
         "ddp_buckets": 4.0 * trainable if settings.gpus > 1 and not settings.fsdp else 0.0,
     }
     static = parts["weights"] + parts["adamw"] + parts["reference"] + parts["ddp_buckets"]
-    ref_pass = (logits["no_grad"] + acts.per_block * tokens) if mode not in ("none", "cpu") else 0.0
+    ref_pass = max(logits["no_grad"], block_transient(shape, settings, tokens)) if mode not in ("none", "cpu") \
+        else 0.0
     transient = max(logits["forward"], ref_pass, logits["backward"])
     grads_early = parts["gradients"] if settings.grad_accum > 1 else 0.0
     step_bytes = 4.0 * trainable / n_dev if settings.device == "cuda" else 8.0 * min(trainable, shape.largest_param)
@@ -494,7 +503,8 @@ def unlearn_budget(shape: ModelShape, settings: PlanSettings) -> dict[str, Any]:
         + transient,
         "end of backward": static + parts["gradients"] + (parts["autocast_copies"] if not ckpt else 0.0),
         "optimizer step": static + parts["gradients"] + step_bytes,
-        "stop-rule measurement": static + eval_logits + acts.per_block * settings.eval_batch_size * settings.seq_len,
+        "stop-rule measurement": static + max(eval_logits, block_transient(
+            shape, settings, settings.eval_batch_size * settings.seq_len)),
     }
     return {"parts": parts, "phases": phases, "peak": max(phases.values()), "reference_mode": mode,
             "trainable_params": trainable, "activations_per_token_block": acts.per_block}
@@ -526,11 +536,11 @@ def score_budget(shape: ModelShape, settings: PlanSettings) -> dict[str, Any]:
         extra = 2 * one_module
     else:
         extra = one_module if lowmem else shape.n_params * stored / n_dev
-    n = settings.score_batch_size * settings.seq_len * shape.vocab
+    tokens = settings.score_batch_size * settings.seq_len
     acts = probe_activations(shape, replace(settings, mixed_precision="no", lora=False))
     parts = {"weights": shape.n_params * stored / n_dev, "perturbation": extra,
              "noise_buffer": shape.largest_param * wide,
-             "forward": n * (wide + 16.0) + acts.per_block * settings.score_batch_size * settings.seq_len}
+             "forward": max(tokens * shape.vocab * (wide + 16.0), block_transient(shape, settings, tokens, wide))}
     phases = {"draws": sum(parts.values())}
     if settings.grad_norm and not settings.compute_dtype:  # the gradient-norm proxy: one backward per sample
         one = replace(settings, batch_size=1)
