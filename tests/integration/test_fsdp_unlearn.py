@@ -159,3 +159,36 @@ def test_fsdp_without_a_multi_process_launch_is_a_clear_error():
     lm = build_tiny_model([s.prompt + s.answer for s in FORGET], **TINY)
     with pytest.raises(MrdkitError, match="fsdp needs a multi-process launch"):
         unlearn(lm.model, lm.tokenizer, FORGET, method="ga", config=dataclasses.replace(BASE, fsdp=True))
+
+
+@pytest.mark.distributed
+def test_cli_fsdp_launch_with_the_documented_cpu_config_file(tmp_path):
+    """``accelerate launch --config_file docs/accelerate/cpu-2proc.yaml -m mrdkit unlearn --fsdp`` with bf16 autocast
+    and gradient checkpointing: the run finishes, rank 0 writes one run directory and a whole model that loads."""
+    import shutil
+
+    from helpers import SMALL_MODEL, cli_env
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if accelerate is None:
+        pytest.skip("accelerate's launcher is not installed")
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "forget.jsonl"
+    data.write_text("".join(json.dumps({"question": s.prompt, "answer": s.answer}) + "\n" for s in FORGET))
+    out = tmp_path / "run"
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(root / "docs/accelerate/cpu-2proc.yaml"),
+                           "-m", "mrdkit", "unlearn", "--model", SMALL_MODEL, "--forget", str(data), "--method",
+                           "npo", "--lr", "1e-2", "--batch-size", "2", "--max-steps", "2", "--device", "cpu",
+                           "--fsdp", "--mixed-precision", "bf16", "--gradient-checkpointing", "--out", str(out),
+                           "--set", "checkpoint_every=1"],
+                          capture_output=True, text=True, env=cli_env(CUDA_VISIBLE_DEVICES=""), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = json.loads((out / "config.json").read_text())["unlearn"]
+    assert config["fsdp"] and config["mixed_precision"] == "bf16" and config["gradient_checkpointing"]
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1, 2] and len(rows[1]["forget_ids"]) == 4  # 2 ranks x 2
+    from mrdkit.models import load_model
+
+    model = load_model(out / "model", device="cpu").model
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
