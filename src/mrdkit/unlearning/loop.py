@@ -1,10 +1,12 @@
 """``unlearn()``: the one explicit unlearning loop, built on ``accelerate`` so the same code runs on 1 or N devices.
 
-Setup (:mod:`~mrdkit.unlearning.setup`): method, reference model (a frozen copy of the start model, before LoRA and
-before any update), MRD scores for the sampler, LoRA or full fine-tuning, AdamW over the trainable parameters
-(decay on matrices only), a warmup + schedule (:class:`~mrdkit.train.LrSchedule`), the run directory and, with
-``resume=True``, the last checkpoint. Then epochs of optimizer steps until ``max_steps`` / ``epochs`` or the stop
-rule, and the final model in safetensors.
+Setup (:mod:`~mrdkit.unlearning.setup`): method, MRD scores for the sampler, the trainable weights and their dtypes,
+the reference model (the start model before any update: the LoRA model with adapters disabled, or a copy sharing
+the frozen weights; :mod:`~mrdkit.unlearning.reference`), LoRA or full fine-tuning, FSDP2 sharding when asked
+(:mod:`~mrdkit.unlearning.sharding`), AdamW over the trainable parameters (decay on matrices only), a warmup +
+schedule (:class:`~mrdkit.train.LrSchedule`), the run directory and, with ``resume=True``, the last checkpoint.
+Then epochs of optimizer steps until ``max_steps`` / ``epochs`` or the stop rule, and the final model in
+safetensors.
 
 Step ``s`` (1-based) takes up to ``grad_accum`` forget micro-batches, pairs each with a retain batch (and, for
 idk/idkdpo, the forget questions with "I don't know" answers), lets the method turn them into
@@ -19,6 +21,8 @@ The forget sampler shards its own index stream (``num_replicas`` / ``rank`` = ac
 index), so no DataLoader is ``prepare``d: batches are collated from sampler indices. The scheduler is not
 ``prepare``d either (accelerate would step it once per process per call). Single-process runs need no
 ``accelerate launch``; ``accelerate launch --multi_gpu --num_processes N -m mrdkit unlearn ...`` runs N.
+Mixed precision is accelerate's autocast, entered around every micro-batch's forwards (model and reference) and
+around the measurements; under FSDP the model is sharded by mrdkit and not ``prepare``d (docs/scaling.md).
 
 The MRD paper (Feng et al., arXiv:2504.06658, paper-notes section 3) changes only the sampler: ``cga`` draws
 high-MRD (easy) forget samples more often; every base method (GA, GradDiff, NPO, ...) is unchanged.
@@ -345,7 +349,9 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
         callbacks: ``callback(UnlearnState) -> mapping | None`` every ``eval_every`` steps and at the end.
         progress: ``progress(step, total_steps)`` after every step.
         idk: "I don't know" answers for idk / idkdpo (default: TOFU's ``idontknow.jsonl``).
-        ref_model: the frozen reference of npo / kl / idkdpo / rmu (default: a frozen copy of ``model``).
+        ref_model: the frozen reference of npo / kl / idkdpo / rmu (default: built per ``config.reference``: the
+            LoRA model with its adapters disabled, or a copy of the start model sharing its frozen weights;
+            :mod:`mrdkit.unlearning.reference`).
         run_meta: extra JSON-ready fields stored in ``config.json`` (e.g. the model and data specs).
 
     Returns:
