@@ -154,12 +154,12 @@ def fresh_precision(mixed_precision: str) -> None:
     dropped (``PartialState``, the process group's, is kept); a multi-process launch keeps the precision it was
     launched with and a different request is a one-line error.
     """
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
     state = AcceleratorState._shared_state
     if not state or state.get("_mixed_precision", mixed_precision) == mixed_precision:
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if PartialState().num_processes > 1:  # the process group's own count (a WORLD_SIZE mismatch is checked later)
         raise MrdkitError(f"this process was launched with mixed precision {state['_mixed_precision']!r}; "
                           f"mixed_precision={mixed_precision!r} needs its own launch (accelerate launch "
                           f"--mixed_precision {mixed_precision}, or mrd unlearn --mixed-precision alone)")
