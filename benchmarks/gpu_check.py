@@ -9,6 +9,15 @@ random init, fp32) it measures, on TOFU forget01 + holdout01 samples from the em
   lowmem: the extra time of a pass with the per-module hooks armed);
 * how many weights a sigma = 1e-5 perturbation leaves unchanged in bf16 / fp16 / fp32 / fp64 (two matrices).
 
+On random-init models of the testbed's size (GPT-2, d 256, 4 layers, vocabulary 4096) and of SmolLM2-135M's size
+(Llama, d 576, 30 layers, 9 heads / 3 key-value heads, vocabulary 49152), built from config (issue 16):
+
+* MRD speed against the reference loop (``benchmarks/reference_loop.py``: one sample at a time, state-dict reload,
+  ``randn_like`` noise) on the GPU, with the largest relative difference of the MRD values (``--sections reference``);
+* unlearning (NPO, 3 steps, batch 8 x 128 tokens) in fp32, with bf16 autocast, bf16 + gradient checkpointing and
+  LoRA + bf16 + checkpointing: losses (bf16 against fp32), seconds per step, peak GPU memory
+  (``torch.cuda.max_memory_allocated``) against ``mrd plan``'s prediction for the same run (``--sections unlearn``).
+
 Usage (only the repo travels to the GPU machine; no network there):
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out "$OUT/gpu_check.json"
@@ -37,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny model and 4 samples (CPU smoke test)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sections", default="mrd,reference,unlearn", help="comma list of mrd, reference, unlearn")
     for key, value in BIG.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value} ({TINY[key]} "
                             "with --tiny)")
@@ -201,9 +211,158 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+# ------------------------------------------------------------------------------- sized models (issue 16)
+
+SIZED = {  # the testbed's and SmolLM2-135M's shapes (config.json of each); random init, built on the device
+    "testbed": dict(arch="gpt2", hidden=256, intermediate=1024, layers=4, heads=4, kv_heads=4, vocab=4096),
+    "smollm2": dict(arch="llama", hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152),
+}
+SIZED_TINY = {
+    "testbed": dict(arch="gpt2", hidden=32, intermediate=128, layers=1, heads=2, kv_heads=2, vocab=512),
+    "smollm2": dict(arch="llama", hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2, vocab=512),
+}
+VARIANTS = {  # unlearning runs compared with mrd plan: (UnlearnConfig overrides, LoRA)
+    "fp32": ({}, False),
+    "bf16": ({"mixed_precision": "bf16"}, False),
+    "bf16+ckpt": ({"mixed_precision": "bf16", "gradient_checkpointing": True}, False),
+    "lora+bf16+ckpt": ({"mixed_precision": "bf16", "gradient_checkpointing": True}, True),
+}
+
+
+def sized_config(shape: dict[str, Any]):
+    """The GPT-2 or Llama config of a ``SIZED`` entry (tied embeddings, as both real models)."""
+    from transformers import GPT2Config, LlamaConfig
+
+    ids = dict(bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    if shape["arch"] == "gpt2":
+        return GPT2Config(vocab_size=shape["vocab"], n_embd=shape["hidden"], n_inner=shape["intermediate"],
+                          n_layer=shape["layers"], n_head=shape["heads"], n_positions=512, **ids)
+    return LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
+                       num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                       num_key_value_heads=shape["kv_heads"], max_position_embeddings=2048, tie_word_embeddings=True,
+                       **ids)
+
+
+def sized_model(config, device: torch.device, seed: int) -> torch.nn.Module:
+    """A seeded random-init fp32 model of ``config`` made on ``device`` (global RNG restored)."""
+    from transformers import AutoModelForCausalLM
+
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def long_samples(n: int, prefix: str) -> list:
+    """QA samples far longer than 128 tokens: each is cut to exactly the run's length (as plan_check.py)."""
+    from mrdkit.data import Sample
+
+    words = "river lantern garden mirror harbor winter orchard compass letter bridge forest signal".split()
+    return [Sample(f"{prefix}:{i}", f"What did writer {i} describe?",
+                   " ".join(words[(i + j) % len(words)] + str(j % 10) for j in range(400))) for i in range(n)]
+
+
+def benchmark_common():
+    """``benchmarks/common.py`` registered as ``mrdkit_benchmarks_common`` (as ``mrd_speed.py`` loads it: benchmarks/
+    is no package), also when this script runs under ``runpy``."""
+    import importlib.util
+    import sys
+
+    name = "mrdkit_benchmarks_common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("common.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def reference_check(model, tokenizer, device, draws: int, n: int) -> dict[str, Any]:
+    """Seconds of the reference loop and of mrdkit (paper estimator, reference noise) on the same ``n`` samples;
+    the MRD values' largest relative difference (fp32 on a GPU: rounding, not bitwise)."""
+    common = benchmark_common()
+
+    from mrdkit.scoring.config import MRDConfig
+    from mrdkit.scoring.engine import score_batches
+    from mrdkit.scoring.mrd import make_batches
+
+    reference = common.load("reference_loop")
+    samples = long_samples(n, "s")
+    batches = make_batches(samples, tokenizer, MRDConfig(batch_size=16, max_length=128, template="plain"))
+    inputs = reference.reference_inputs(batches, str(device))
+    (ref_mrd, _), ref_s = timed(device, lambda: reference.reference_loop(model, inputs, draws, SIGMA,
+                                                                        device=str(device)))
+    ours, ours_s = timed(device, lambda: score_batches(model, batches, draws=draws, sigma=SIGMA, estimator="paper",
+                                                       scheme="reference"))
+    mrd = ours.estimate.mrd.tolist()
+    rel = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(mrd, ref_mrd))
+    return {"samples": n, "draws": draws, "reference_s": ref_s, "mrdkit_s": ours_s, "speedup": ref_s / ours_s,
+            "max_rel_diff_mrd": rel}
+
+
+def unlearn_check(name: str, config, tokenizer, device, seed: int, steps: int = 3) -> dict[str, Any]:
+    """NPO under each of :data:`VARIANTS`: losses, seconds per step, peak GPU memory vs ``mrd plan``."""
+    from mrdkit.plan import GIB, PlanSettings, plan
+    from mrdkit.unlearning.config import LoraSettings, UnlearnConfig
+    from mrdkit.unlearning.loop import unlearn
+
+    forget, out = long_samples(8, "f"), {}
+    for label, (overrides, lora) in VARIANTS.items():
+        model = sized_model(config, device, seed)
+        cfg = UnlearnConfig(lr=1e-4, max_steps=steps, batch_size=8, max_length=128, template="plain",
+                            device=device.type, monitor_retain=0, eval_batch_size=8, warmup_ratio=0.0,
+                            lora=LoraSettings() if lora else None, **overrides)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        result, seconds = timed(device, lambda m=model, c=cfg: unlearn(m, tokenizer, forget, method="npo", config=c))
+        settings = PlanSettings(method="npo", lora=lora, device=device.type, batch_size=8, seq_len=128,
+                                eval_batch_size=8, **overrides)
+        predicted = plan(name, settings, tasks=("unlearn",), config=config)["unlearn"]["peak"]
+        row = {"losses": [r["loss"] for r in result.history[1:]], "s_per_step": seconds / steps,
+               "predicted_gib": predicted / GIB}
+        if device.type == "cuda":
+            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+            row["predicted_over_measured"] = predicted / torch.cuda.max_memory_allocated(device)
+        out[label] = row
+        del model, result
+    base = out["fp32"]["losses"]
+    for label in ("bf16", "bf16+ckpt"):
+        out[label]["max_rel_loss_diff_vs_fp32"] = max(abs(a - b) / abs(b) for a, b in zip(out[label]["losses"], base))
+    return out
+
+
+def sized_checks(args: argparse.Namespace, sections: set[str]) -> dict[str, Any]:
+    """The issue-16 sections on the testbed-sized and SmolLM2-sized models."""
+    from mrdkit.models import resolve_device
+    from mrdkit.tiny import build_tiny_tokenizer
+
+    device = resolve_device(args.device)
+    report: dict[str, Any] = {}
+    tic = time.perf_counter()
+    for name, shape in (SIZED_TINY if args.tiny else SIZED).items():
+        config = sized_config(shape)
+        texts = [s.prompt + " " + s.answer for s in long_samples(16, "t")]
+        tokenizer = build_tiny_tokenizer(texts, vocab_size=min(shape["vocab"], 2048))
+        entry: dict[str, Any] = {"params": sum(p.numel() for p in sized_model(config, device, args.seed).parameters())}
+        if "reference" in sections:
+            model = sized_model(config, device, args.seed)
+            entry["reference"] = reference_check(model, tokenizer, device, draws=1 if args.tiny else 2,
+                                                 n=2 if args.tiny else 16)
+            del model
+        if "unlearn" in sections:
+            entry["unlearn"] = unlearn_check(name, config, tokenizer, device, args.seed, steps=2 if args.tiny else 3)
+        report[name] = entry
+    report["total_s"] = time.perf_counter() - tic
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    report = run(args)
+    sections = set(args.sections.split(","))
+    report = run(args) if "mrd" in sections else {}
+    if sections & {"reference", "unlearn"}:
+        report["sized"] = sized_checks(args, sections)
     from mrdkit.runs import atomic_write_json
 
     atomic_write_json(Path(args.out), report)

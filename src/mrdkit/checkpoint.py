@@ -59,9 +59,11 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into tensors (``"<index>.<name>"``) and a JSON-ready rest."""
-    sd = optimizer.state_dict()
+def optimizer_to_files(optimizer: torch.optim.Optimizer | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                                                     dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` (or such a state dict itself, e.g. one gathered from FSDP shards) into
+    tensors (``"<index>.<name>"``) and a JSON-ready rest."""
+    sd = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, state in sd["state"].items():
         for name, value in state.items():
@@ -81,9 +83,13 @@ def optimizer_from_files(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(root: Path, step: int, *, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: Mapping[str, Any]) -> Path:
-    """Write checkpoint ``root/checkpoints/step-<step>`` atomically and delete the older ones; returns its path."""
+def save_checkpoint(root: Path, step: int, *, params: Mapping[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | Mapping[str, Any], scheduler: Any,
+                    state: Mapping[str, Any]) -> Path:
+    """Write checkpoint ``root/checkpoints/step-<step>`` atomically and delete the older ones; returns its path.
+
+    ``params`` and ``optimizer`` (an optimizer or its ``state_dict()``) are whole tensors: a sharded run gathers
+    them first (:mod:`mrdkit.unlearning.sharding`), so every checkpoint has the same format whatever wrote it."""
     base = root / CHECKPOINTS
     base.mkdir(parents=True, exist_ok=True)
     final = base / f"step-{step:06d}"
@@ -115,6 +121,23 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(trainable tensors by name, optimizer state_dict, scheduler state_dict, state.json)`` of a checkpoint."""
+    saved = _load_tensors(path / "trainable.safetensors")
+    meta = json.loads((path / "optimizer.json").read_text())
+    optimizer = optimizer_from_files(_load_tensors(path / "optimizer.safetensors"), meta)
+    scheduler = json.loads((path / "scheduler.json").read_text())
+    return saved, optimizer, scheduler, json.loads((path / "state.json").read_text())
+
+
+def check_names(path: Path, saved: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    """Raise :class:`MrdkitError` when the checkpoint's parameter names differ from the model's trainable ones."""
+    if set(saved) != set(params):
+        extra, missing = sorted(set(saved) - set(params)), sorted(set(params) - set(saved))
+        raise MrdkitError(f"checkpoint {path} does not match the model's trainable parameters "
+                          f"(unexpected: {extra[:3]}, missing: {missing[:3]}); was it made with other LoRA settings?")
+
+
 def load_checkpoint(path: Path, *, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     scheduler: Any) -> dict[str, Any]:
     """Copy a checkpoint into ``params`` / ``optimizer`` / ``scheduler`` (bit-exact); returns its ``state.json``.
@@ -122,15 +145,11 @@ def load_checkpoint(path: Path, *, params: Mapping[str, torch.nn.Parameter], opt
     Raises:
         MrdkitError: the checkpoint's parameter names differ from the model's trainable parameters.
     """
-    saved = _load_tensors(path / "trainable.safetensors")
-    if set(saved) != set(params):
-        extra, missing = sorted(set(saved) - set(params)), sorted(set(params) - set(saved))
-        raise MrdkitError(f"checkpoint {path} does not match the model's trainable parameters "
-                          f"(unexpected: {extra[:3]}, missing: {missing[:3]}); was it made with other LoRA settings?")
+    saved, optimizer_state, scheduler_state, state = read_checkpoint(path)
+    check_names(path, saved, params)
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(optimizer_from_files(_load_tensors(path / "optimizer.safetensors"), meta))
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
-    return json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    return state

@@ -102,10 +102,25 @@ def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, moments: bool
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless module)."""
+    """Where the model's inputs go: the device of its first parameter (CPU for a parameterless module); for a model
+    whose weights accelerate keeps in host memory (``cpu_offload``: parameters on the meta device, loaded module by
+    module by hooks) the device those hooks execute on."""
     for p in model.parameters():
+        if p.device.type == "meta":
+            for module in model.modules():
+                device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+                if device is not None:
+                    return torch.device(device)
         return p.device
     return torch.device("cpu")
+
+
+def no_grad_for(model: torch.nn.Module):
+    """``torch.inference_mode()``, or ``torch.no_grad()`` for a model sharded with FSDP2 (DTensor parameters): FSDP
+    keeps the gathered weights in buffers it refills in place on every forward, and a buffer first allocated under
+    inference mode cannot be refilled by a later training forward."""
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bool = False,
@@ -116,7 +131,7 @@ def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bo
         model: a Hugging Face causal LM (anything returning ``.logits`` of shape (B, T, V)).
         batch: mapping with ``input_ids`` (B, T), ``attention_mask`` (B, T) and ``labels`` (B, T) where
             ``-100`` marks positions that are not scored. Right padding; padded positions must be -100.
-        grad: keep the autograd graph (for losses); otherwise run under ``torch.inference_mode``.
+        grad: keep the autograd graph (for losses); otherwise run under ``torch.inference_mode`` (:func:`no_grad_for`).
         moments: also return the per-position mean / variance of the log-probs under the model's next-token
             distribution (:func:`logprob_moments`; Min-K%++).
 
@@ -127,7 +142,6 @@ def token_logprobs(model: torch.nn.Module, batch: Mapping[str, Any], *, grad: bo
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
     labels = batch["labels"].to(device)
-    ctx = torch.enable_grad() if grad else torch.inference_mode()
-    with ctx:
+    with torch.enable_grad() if grad else no_grad_for(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return gather_logprobs(logits, labels, moments=moments)

@@ -151,12 +151,20 @@ def ensure_pad_token(tokenizer: Any, model: Any) -> None:
 
 def finish_loading(model: Any, tokenizer: Any, spec: str, *, dtype: Any = "float32", device: Any = "auto",
                    for_mrd: bool = False) -> LoadedModel:
-    """Cast, move, set eval mode and a pad token, enforce the MRD dtype policy; wrap as :class:`LoadedModel`."""
-    torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
+    """Cast, move, set eval mode and a pad token, enforce the MRD dtype policy; wrap as :class:`LoadedModel`.
+
+    ``device=None``: the weights are already placed (a ``device_map`` spread them over devices); not moved."""
+    from mrdkit.logprob import model_device
+
+    torch_dtype = resolve_dtype(dtype)
     if for_mrd:
         refuse_half_for_mrd(torch_dtype)
     check_vocabulary(model, tokenizer, spec)
-    model = model.to(device=dev, dtype=torch_dtype)
+    if device is None:
+        dev = model_device(model)
+    else:
+        dev = resolve_device(device)
+        model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     ensure_pad_token(tokenizer, model)
     if for_mrd:
@@ -196,12 +204,25 @@ def fit_max_length(model: Any, max_length: int) -> int:
     return max_length if limit is None else min(max_length, limit)
 
 
-def clone_frozen(model: torch.nn.Module) -> torch.nn.Module:
+def clone_frozen(model: torch.nn.Module, *, share: Iterable[torch.Tensor] = (),
+                 device: torch.device | str | None = None) -> torch.nn.Module:
     """A deep copy in eval mode with ``requires_grad=False`` everywhere: the fixed reference model of NPO / KL.
 
-    The copy shares no storage with ``model``, so training ``model`` leaves the reference untouched.
+    By default the copy shares no storage with ``model``, so training ``model`` leaves the reference untouched.
+    Tensors in ``share`` (parameters or buffers that will never train) are the SAME tensors in the copy
+    (``copy.deepcopy``'s memo maps each to itself): a weight that cannot change cannot diverge from the start
+    model, so sharing it is exact and only the weights that train are duplicated. With ``device`` the other
+    parameters and buffers are copied straight to it, one tensor at a time (a 7B model on a GPU copied to the CPU
+    never needs a second copy on the GPU).
     """
-    ref = copy.deepcopy(model)
+    memo: dict[int, Any] = {id(t): t for t in share}
+    if device is not None:
+        for p in model.parameters():
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(p.detach().to(device, copy=True), requires_grad=False)
+        for b in model.buffers():
+            memo.setdefault(id(b), b.to(device, copy=True))
+    ref = copy.deepcopy(model, memo)
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -223,11 +244,14 @@ def model_fingerprint(model: torch.nn.Module, values_per_tensor: int = 32) -> di
 def weights_digest(named: Iterable[tuple[str, torch.Tensor]], values_per_tensor: int = 32) -> str:
     """The hash behind :func:`model_fingerprint` over any ``(name, tensor)`` pairs (e.g. only the trainable
     parameters of a LoRA run): name, shape, dtype, float64 sum and 2-norm, ``values_per_tensor`` evenly spaced
-    entries of each tensor."""
+    entries of each tensor. A sharded parameter (FSDP2's DTensor) contributes this rank's local shard, so the digest
+    needs no collective and is per rank (a gather of every weight just to hash it would cost a 70B model its
+    memory headroom)."""
     digest = hashlib.blake2b(digest_size=8)
     with torch.no_grad():
         for name, param in named:
-            flat = param.detach().reshape(-1)
+            local = param.to_local() if hasattr(param, "to_local") else param
+            flat = local.detach().reshape(-1)
             picks = flat[:: max(1, flat.numel() // values_per_tensor)][:values_per_tensor]
             moments = torch.stack([flat.sum(dtype=torch.float64),
                                    torch.linalg.vector_norm(flat, dtype=torch.float64)])
@@ -286,7 +310,8 @@ def _first_line(err: BaseException) -> str:
 
 def load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: Any, device: Any,
                     for_mrd: bool) -> LoadedModel:
-    """``from_pretrained`` a directory or hub id; a cached hub id loads without touching the network."""
+    """``from_pretrained`` a directory or hub id; a cached hub id loads without touching the network. With
+    ``hf["device_map"]`` transformers / accelerate place the weights (``device`` is then not used)."""
     torch_dtype = resolve_dtype(dtype)
     cached = local or in_hub_cache(source)
     if not cached and hub_offline():
@@ -310,7 +335,9 @@ def load_pretrained(source: str, spec: str, *, local: bool, hf: dict, dtype: Any
         raise MrdkitError(f"model {spec!r} ships its own Python code, which mrdkit does not run unless asked: pass "
                           f"--trust-remote-code (Python: the trust_remote_code argument) only if you trust its "
                           f"source") from None
-    return finish_loading(model, tokenizer, spec, dtype=torch_dtype, device=device, for_mrd=for_mrd)
+    placed = hf.get("device_map") is not None
+    return finish_loading(model, tokenizer, spec, dtype=torch_dtype, device=None if placed else device,
+                          for_mrd=for_mrd)
 
 
 # ---------------------------------------------------------------------------------------- tiny, SmolLM2
@@ -407,6 +434,7 @@ def load_model(
     tiny_texts: Sequence[str] | None = None,
     seed: int = 0,
     attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
@@ -423,6 +451,9 @@ def load_model(
         tiny_texts: tokenizer training texts for tiny models (default: :func:`mrdkit.tiny.default_texts`).
         seed: weight-initialisation seed for tiny models.
         attn_implementation: e.g. ``"eager"``, which Hessian-vector products need; ``None`` = library default.
+        device_map: spread a pretrained model's layers over several devices (``"auto"``, or ``{module: device}``),
+            as ``from_pretrained(device_map=...)``: for a model larger than one GPU. MRD perturbs each weight on
+            the device it lives on; weights offloaded to host memory or disk are refused by the perturbers.
 
     Returns:
         :class:`LoadedModel` in eval mode.
@@ -437,10 +468,13 @@ def load_model(
     if spec == "tiny" or spec.startswith(("tiny-", "tiny:")):
         from mrdkit.tiny import TINY_DEFAULTS, parse_tiny_spec
 
+        if device_map is not None:
+            raise MrdkitError("device_map places the layers of a pretrained model; a tiny model fits one device")
+
         arch, sizes = parse_tiny_spec(spec)
         return build_tiny_model(tiny_texts, arch=arch, seed=seed, attn_implementation=attn_implementation,
                                 **{**TINY_DEFAULTS, **sizes}, **common)
-    hf = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    hf = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, device_map=device_map)
     if spec == "smollm2":
         return load_pretrained(str(smollm2_dir()), "smollm2", local=True, hf=hf, **common)
     path = Path(spec).expanduser()

@@ -162,12 +162,30 @@ def test_gpu_check_tiny_smoke(tmp_path):
 
     out = tmp_path / "gpu_check.json"
     module = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"))
-    module["main"](["--tiny", "--out", str(out)])
+    module["main"](["--tiny", "--sections", "mrd", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["mrd"]["lowmem_equals_copy"] is True
     assert report["throughput"]["forward_tokens_per_s"] > 0 and 0 < report["throughput"]["noise_restore_share"] < 1
     fp32, bf16 = report["unchanged"]["float32"], report["unchanged"]["bfloat16"]
     assert bf16["fraction"] > 0.5 > fp32["fraction"]
+
+
+def test_gpu_check_sized_sections_smoke(tmp_path):
+    """The issue-16 sections of benchmarks/gpu_check.py (reference loop, unlearning vs mrd plan) run on CPU."""
+    import math
+    import runpy
+
+    out = tmp_path / "gpu_check.json"
+    module = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"))
+    module["main"](["--tiny", "--device", "cpu", "--sections", "reference,unlearn", "--out", str(out)])
+    sized = json.loads(out.read_text())["sized"]
+    for name in ("testbed", "smollm2"):
+        assert sized[name]["reference"]["max_rel_diff_mrd"] <= 1e-6  # fp32 CPU: the same numbers as the loop
+        runs = sized[name]["unlearn"]
+        assert set(runs) == {"fp32", "bf16", "bf16+ckpt", "lora+bf16+ckpt"}
+        assert all(math.isfinite(x) for run in runs.values() for x in run["losses"])
+        assert all(run["predicted_gib"] > 0 for run in runs.values())
+        assert runs["bf16"]["max_rel_loss_diff_vs_fp32"] < 0.02
 
 
 @pytest.mark.parametrize("shard", ["draws", "samples"])

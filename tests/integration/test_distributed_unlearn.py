@@ -4,8 +4,8 @@ retain pairing, both replicas end bitwise identical, and a second run with the s
 different global RNG state) gives the same model and log byte for byte.
 
 ``test_unlearn_loop.py::test_two_processes_shard_the_sampler_and_stay_in_sync`` covers the library call under
-torchrun; this test covers the command line and checks WHICH samples each rank trained on. Sharded modes
-(DeepSpeed, FSDP) are refused (see docs/robustness.md); that check is a unit test here.
+torchrun; this test covers the command line and checks WHICH samples each rank trained on. DeepSpeed and Megatron-LM are
+refused with a pointer to FSDP (tests/integration/test_fsdp_unlearn.py); that check is a unit test here.
 """
 
 from __future__ import annotations
@@ -132,15 +132,15 @@ def test_two_process_cli_run_shards_the_sampler_and_is_reproducible(tmp_path):
 
 
 @pytest.mark.parametrize("kind, refused", [("NO", False), ("MULTI_CPU", False), ("MULTI_GPU", False),
-                                           ("DEEPSPEED", True), ("FSDP", True), ("MEGATRON_LM", True)])
-def test_sharded_accelerate_modes_are_refused(kind, refused):
+                                           ("FSDP", False), ("DEEPSPEED", True), ("MEGATRON_LM", True)])
+def test_deepspeed_and_megatron_are_refused_with_a_pointer_to_fsdp(kind, refused):
     from accelerate.utils import DistributedType
 
     from mrdkit.errors import MrdkitError
     from mrdkit.unlearning.setup import check_distributed_type
 
     if refused:
-        with pytest.raises(MrdkitError, match=f"DDP.*{kind}.*docs/robustness.md"):
+        with pytest.raises(MrdkitError, match=f"DDP or FSDP2.*{kind}.*use FSDP.*--fsdp.*docs/scaling.md"):
             check_distributed_type(DistributedType[kind])
     else:
         check_distributed_type(DistributedType[kind])

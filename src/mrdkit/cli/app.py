@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from mrdkit.cli import bench, difficulty, evaluate, score, unlearn
+from mrdkit.cli import bench, difficulty, evaluate, plan, score, unlearn
 from mrdkit.cli.options import ANSWER_KEY, FIELD, FORMAT, ID_KEY, QUESTION_KEY, TEXT_KEY
 
 app = typer.Typer(
@@ -139,7 +139,7 @@ def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _register_commands() -> None:
     """Attach the command modules (each imports its heavy dependencies inside its commands)."""
-    for module in (score, unlearn, evaluate, difficulty, bench):
+    for module in (score, unlearn, evaluate, difficulty, bench, plan):
         module.register(app)
 
 

@@ -73,14 +73,15 @@ def chunk_texts(samples: Sequence[Any], tokenizer: Any, length: int) -> list:
 
 
 def load_model_for(spec: str, samples: Sequence[Any], *, dtype: str = "float32", device: str = "auto",
-                   trust_remote_code: bool = False, for_mrd: bool = False, seed: int = 0):
+                   trust_remote_code: bool = False, for_mrd: bool = False, seed: int = 0, device_map: Any = None):
     """The model a ``--model`` option names (:func:`mrdkit.testbed.specs.load_model`: testbed names, directories,
     hub ids, ``tiny``, ``smollm2``); a ``tiny`` model's tokenizer is fitted on the samples' text."""
     from mrdkit.testbed.specs import load_model
 
     texts = [s.text for s in samples] if spec.startswith("tiny") and samples else None
+    extra = {"device_map": device_map} if device_map is not None else {}
     return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code, for_mrd=for_mrd,
-                      tiny_texts=texts, seed=seed)
+                      tiny_texts=texts, seed=seed, **extra)
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = None) -> None:

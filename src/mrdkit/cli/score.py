@@ -20,9 +20,13 @@ def score_command(
     sigma: float = typer.Option(1e-5, help="noise scale sigma (paper: 1e-5)"),
     estimator: str = typer.Option("antithetic", help="paper | antithetic"),
     dtype: str = typer.Option("auto", help="auto (float32, or float64 where float32's rounding floor hides MRD) | "
-                                           "float32 | float64 (bf16/fp16 refused for MRD)"),
+                                           "float32 | float64; bfloat16 / float16 only with --compute-dtype"),
     allow_floor: bool = typer.Option(False, "--allow-floor", help="keep a run whose floor check fails (every "
                                                                    "sample then unresolved) instead of refusing it"),
+    compute_dtype: Optional[str] = typer.Option(None, help="float32 | float64: score half-precision weights in this "
+                                                           "dtype one module at a time (implies lowmem)"),
+    device_map: Optional[str] = typer.Option(None, help="spread a model larger than one GPU over the GPUs: auto, or "
+                                                        "a JSON {module: device} (from_pretrained's device_map)"),
     batch_size: int = typer.Option(16, help="samples per forward pass"),
     seed: int = typer.Option(0, help="run seed (noise of draw k is independent of batching)"),
     token_set: str = typer.Option("all", help=TOKEN_SET_HELP),
@@ -61,16 +65,20 @@ def score_command(
     cfg = MRDConfig(estimator=estimator, draws=draws, sigma=sigma, seed=seed, scheme=scheme, token_set=token_set,
                     encoding=encoding,
                     template=template, max_length=max_length, batch_size=batch_size, param_pattern=param_pattern,
-                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard, allow_floor=allow_floor)
+                    clip=clip, proxies=proxies, perturb_mode=perturb_mode, shard=shard, allow_floor=allow_floor,
+                    compute_dtype=compute_dtype)
+    if compute_dtype is not None and perturb_mode == "copy":
+        cfg.perturb_mode = "lowmem"  # copy mode would clone every weight in fp32: the copy compute_dtype avoids
     cfg = apply_overrides(cfg, set_).validate()
     check_out(out)
     samples = load_data(data, split=split, limit=limit,
                         options=data_options(question_key, answer_key, text_key, field, fmt, id_key))
-    load = dict(device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=True, seed=seed)
+    load = dict(device=_rank_device(device), trust_remote_code=trust_remote_code, for_mrd=cfg.compute_dtype is None,
+                seed=seed, device_map=_device_map(device_map))
     loaded = load_model_for(model, samples, dtype="float32" if dtype == "auto" else dtype, **load)
     chunked = chunk_texts(samples, loaded.tokenizer, chunk_tokens) if chunk_tokens is not None else samples
     precision = (dtype, "asked for (--dtype)")
-    if dtype == "auto":
+    if dtype == "auto" and cfg.compute_dtype is None:
         enough, why = float32_is_enough(loaded, chunked, cfg)
         precision = ("float32" if enough else "float64", why)
         if not enough:  # the safe dtype where the floor check says float32 cannot carry MRD
@@ -104,6 +112,20 @@ def _settings_rows(summary: dict, precision: tuple[str, str]) -> list[dict]:
             f"{summary.get('estimator')} / {summary.get('draws')} / {summary.get('sigma'):g}",
             "dtype": f"{summary.get('dtype')} ({precision[1]})", "floor check": verdict}
     return [{"setting": k, "value": v} for k, v in rows.items()]
+
+
+def _device_map(value: Optional[str]):
+    """``auto`` / ``balanced`` / ... as given, a JSON object as a dict, None as None."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    import json
+
+    from mrdkit.errors import MrdkitError
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise MrdkitError(f"--device-map is not valid JSON: {exc}") from None
 
 
 def _rank_device(device: str) -> str:

@@ -113,6 +113,20 @@ def unlearn_command(
                                                  "safe:retain (default: TOFU's idontknow.jsonl)"),
     chunk_tokens: Optional[int] = typer.Option(None, help="cut raw-text documents (muse:books:forget, "
                                                           "wmdp-corpus:...) into N-token windows, as MUSE-News"),
+    mixed_precision: Optional[str] = typer.Option(None, help="no | bf16 | fp16: autocast through accelerate, fp32 "
+                                                             "weights and AdamW state (default no)"),
+    weights_dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16: dtype of the weights "
+                                                           "that do not train (LoRA base, frozen layers); needs "
+                                                           "--mixed-precision (default float32)"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-"
+                                                          "checkpointing", help="recompute activations in the "
+                                                                                "backward pass (less memory)"),
+    reference: Optional[str] = typer.Option(None, help="reference of npo/kl/idkdpo/rmu: auto | adapters | copy | "
+                                                       "cpu | offload (default auto: adapters with LoRA)"),
+    trainable_params: Optional[str] = typer.Option(None, help="regex: train only matching parameters, e.g. "
+                                                              "'layers\\.[5-7]\\.mlp\\.down_proj' (WMDP RMU)"),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="shard weights, gradients and AdamW state "
+                                                                       "over the launched processes (torch FSDP2)"),
     resume: bool = typer.Option(False, help="continue --out from its last checkpoint (same settings)"),
     overwrite: bool = typer.Option(False, help="replace a finished run in --out"),
     question_key: Optional[str] = QUESTION_KEY,
@@ -130,7 +144,9 @@ def unlearn_command(
 
     flags = dict(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
                  stop_prob=stop_prob, seed=seed, device=device, encoding=encoding, score_key=score_key,
-                 score_direction=score_direction, report_to=report_to)
+                 score_direction=score_direction, report_to=report_to, mixed_precision=mixed_precision,
+                 weights_dtype=weights_dtype, gradient_checkpointing=gradient_checkpointing, reference=reference,
+                 trainable_params=trainable_params, fsdp=fsdp)
     cfg = _config(config, flags, lora, hp, sampler_arg, set_)
     _check_names(method, sampler, cfg)
     check_out(out)
@@ -138,8 +154,11 @@ def unlearn_command(
     forget_set = _load(forget, forget_limit, options)
     retain_set = _load(retain, retain_limit, options) if retain else None
     idk_answers = [s.answer for s in _load(idk, None)] if idk else None
-    loaded = load_model_for(model, forget_set + (retain_set or []), device=cfg.device, seed=cfg.seed,
-                            trust_remote_code=trust_remote_code)
+    # under LoRA every base weight stays frozen: load it in weights_dtype at once (no fp32 copy on the way); under
+    # fsdp load into host memory, fully_shard moves each process's shard to its device
+    loaded = load_model_for(model, forget_set + (retain_set or []), device="cpu" if cfg.fsdp else cfg.device,
+                            seed=cfg.seed, trust_remote_code=trust_remote_code,
+                            dtype=cfg.weights_dtype if cfg.lora is not None else "float32")
     if chunk_tokens is not None:
         from mrdkit.cli.options import chunk_texts
 

@@ -51,6 +51,9 @@ class MRDConfig:
     shard: str = "draws"  # multi-process split: draws | samples (mrdkit.scoring.distributed; same numbers)
     # keep a run whose floor check failed (every sample then unresolved) instead of refusing it
     allow_floor: bool = False
+    # half-precision (bf16 / fp16) weights scored in this dtype module by module (lowmem mode, no full wide copy);
+    # None: the weights' own dtype, which must then be float32 / float64
+    compute_dtype: Optional[str] = None
 
     def validate(self, *, allow_zero_sigma: bool = False) -> MRDConfig:
         """Raise a one-line :class:`MrdkitError` for values that cannot work. ``allow_zero_sigma``: the engine's
@@ -81,7 +84,19 @@ class MRDConfig:
         if self.perturb_mode not in PERTURB_MODES or self.shard not in SHARDS:
             raise MrdkitError(f"perturb_mode must be copy|lowmem and shard draws|samples, got {self.perturb_mode!r}, "
                               f"{self.shard!r}")
+        if self.compute_dtype is not None:
+            if self.compute_dtype not in ("float32", "float64"):
+                raise MrdkitError(f"compute_dtype must be float32 or float64, got {self.compute_dtype!r}")
+            if self.perturb_mode != "lowmem" or self.scheme != "mrdkit":
+                raise MrdkitError("compute_dtype scores half-precision weights one module at a time: it needs "
+                                  "perturb_mode lowmem (--perturb-mode lowmem) and the mrdkit noise scheme")
         return self
+
+    def torch_compute_dtype(self):
+        """``compute_dtype`` as a ``torch.dtype`` (None when unset)."""
+        import torch
+
+        return None if self.compute_dtype is None else getattr(torch, self.compute_dtype)
 
     def noise(self) -> dict[str, Any]:
         """The settings that fix the noise of every draw (what a perturber takes)."""

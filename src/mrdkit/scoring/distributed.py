@@ -109,7 +109,8 @@ def _run_shard(model, batches, plan: ShardPlan, done: dict[int, torch.Tensor], s
     """Score this rank's draws (skipping those in ``done``) on its rows; returns (base, names, n_elements, passes)."""
     signs = ESTIMATORS.get(cfg.estimator).signs
     params = select_parameters(model, cfg.param_pattern)
-    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, **cfg.noise()) as pert:
+    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, cfg.torch_compute_dtype(),
+                                          **cfg.noise()) as pert:
         base = base_pass(model, batches, width_multiple)
         passes = len(base.batches)
         for i, k in enumerate(plan.draws):

@@ -245,7 +245,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optiona
     if not 0 <= start_draw <= cfg.draws:
         raise MrdkitError(f"need 0 <= start_draw <= draws (got draws={cfg.draws}, start={start_draw})")
     params = select_parameters(model, cfg.param_pattern)
-    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, **cfg.noise()) as pert:
+    with eval_mode(model), make_perturber(cfg.perturb_mode, model, params, cfg.torch_compute_dtype(),
+                                          **cfg.noise()) as pert:
         base = base_pass(model, batches, width_multiple)
         meta = run_meta(cfg, base.ids, width_multiple)
         acc = resume_accumulator(accumulator, start_draw, cfg.estimator, len(base.ids), meta)
@@ -268,10 +269,10 @@ def engine_config(cfg: MRDConfig, meta: Mapping[str, Any], **extra: Any) -> dict
 
 
 def _sums_under(model: torch.nn.Module, batches: list[Batch], params: list, signs: tuple[int, ...],
-                mode: str = "copy", **noise: Any) -> list[torch.Tensor]:
+                mode: str = "copy", compute_dtype: Optional[torch.dtype] = None, **noise: Any) -> list[torch.Tensor]:
     """(N,) sequence log-probs ``S = sum_t l_t`` under draw 0 of ``noise`` with each sign (given batch order)."""
     out = []
-    with make_perturber(mode, model, params, **noise) as pert:
+    with make_perturber(mode, model, params, compute_dtype, **noise) as pert:
         for sign in signs:
             pert.apply(0, sign)
             out.append(base_pass(model, batches, None).sequence_logprob())
@@ -300,14 +301,15 @@ def floor_check(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optional[
     """
     cfg = resolve_config(cfg, overrides)
     params = select_parameters(model, cfg.param_pattern)
-    eps = max(torch.finfo(p.dtype).eps for _, p in params)
+    wide = cfg.torch_compute_dtype()
+    eps = max(torch.finfo(wide or p.dtype).eps for _, p in params)  # the floor of the dtype the forward runs in
     batches = canonical_batches(batches, max_width=context_length(model))[0]
     mode, sigma = cfg.perturb_mode, cfg.sigma
     with eval_mode(model):
-        first, repeat = _sums_under(model, batches, params, (1, 1), mode, sigma=0.0)
-        (ulp,) = _sums_under(model, batches, params, (1,), mode, sigma=eps, seed=cfg.seed, relative=True)
-        plus, minus = _sums_under(model, batches, params, (1, -1), mode, **cfg.noise())
-        plus2, minus2 = _sums_under(model, batches, params, (1, -1), mode, **{**cfg.noise(), "sigma": 2 * sigma})
+        first, repeat = _sums_under(model, batches, params, (1, 1), mode, wide, sigma=0.0)
+        (ulp,) = _sums_under(model, batches, params, (1,), mode, wide, sigma=eps, seed=cfg.seed, relative=True)
+        plus, minus = _sums_under(model, batches, params, (1, -1), mode, wide, **cfg.noise())
+        plus2, minus2 = _sums_under(model, batches, params, (1, -1), mode, wide, **{**cfg.noise(), "sigma": 2 * sigma})
     out = {"repeat_diff": float((repeat - first).abs().max()), "ulp_effect": float((ulp - first).abs().max()),
            "sigma": float(sigma), "factor": factor, "effect_min": float((plus - first).abs().min())}
     floor = out["floor"] = max(out["repeat_diff"], out["ulp_effect"])
@@ -320,7 +322,7 @@ def floor_check(model: torch.nn.Module, batches: Iterable[Batch], cfg: Optional[
     out["scaling_ok"] = 3.5 <= out["scaling_median"] <= 4.5  # NaN (0 / 0: no curvature at all) fails too
     out["ok"] = out["effect_ok"] and out["curvature_ok"] and out["scaling_ok"]
     if not out["ok"]:
-        out["reason"] = floor_reason(out, next(p.dtype for _, p in params))
+        out["reason"] = floor_reason(out, wide or next(p.dtype for _, p in params))  # the dtype the forward runs in
         warnings.warn(out["reason"], RuntimeWarning, stacklevel=2)
     return out
 

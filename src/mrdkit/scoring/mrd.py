@@ -233,7 +233,8 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     Args:
         model: a :class:`~mrdkit.models.LoadedModel`, a spec string, or a causal LM module (then pass
             ``tokenizer``); float32 or float64 weights (bf16/fp16 are refused: a 1e-5 perturbation is below their
-            resolution).
+            resolution), or half weights with ``compute_dtype="float32"`` and ``perturb_mode="lowmem"`` (scored in
+            fp32 one module at a time, bitwise as the same weights converted to fp32; no gradient-norm proxy).
         samples: :class:`~mrdkit.data.Sample` list with unique ids.
         config: :class:`MRDConfig`; keyword ``overrides`` (e.g. ``draws=16, sigma=1e-4``) replace its fields.
         out_dir: run directory (mrd.jsonl, mrd.parquet, draws.safetensors, summary.json, mrd_hist.png).
@@ -246,9 +247,10 @@ def score_mrd(model: Any, samples: Sequence[Any], *, tokenizer: Any = None, conf
     Returns:
         :class:`MRDResult` (on every rank).
     """
-    module, tokenizer, spec = resolve_model(model, tokenizer, for_mrd=True)
     cfg = (config or MRDConfig()).with_overrides(**overrides)
-    check_mrd_dtype(module)
+    module, tokenizer, spec = resolve_model(model, tokenizer, for_mrd=cfg.compute_dtype is None)
+    if cfg.compute_dtype is None:  # half weights are refused unless every module runs in compute_dtype
+        check_mrd_dtype(module)
     if not samples:
         raise MrdkitError("no samples to score")
     fingerprint = model_fingerprint(module) if out_dir is not None else None
@@ -311,7 +313,13 @@ def _proxies(module, batches, samples, cfg: MRDConfig, run, timing: dict[str, fl
 
     tic = time.perf_counter()
     texts = {s.id: s.text for s in samples}
-    proxies = compute_proxies(module, batches, texts=texts, grad_norm=cfg.grad_norm)
+    if cfg.compute_dtype is None:
+        proxies = compute_proxies(module, batches, texts=texts, grad_norm=cfg.grad_norm)
+    else:  # the same precision as the draws; no gradient norm (autograd cannot run through swapped weights)
+        from mrdkit.scoring.perturb import Upcaster
+
+        with Upcaster(module, cfg.torch_compute_dtype()):
+            proxies = compute_proxies(module, batches, texts=texts, grad_norm=False)
     timing["proxies_s"] = time.perf_counter() - tic
     if run is not None:
         run.write_json("proxies.json", proxies)

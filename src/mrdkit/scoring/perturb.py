@@ -64,8 +64,16 @@ def select_parameters(model: torch.nn.Module, pattern: Optional[str] = None) -> 
     return sorted(named, key=lambda item: item[0])
 
 
-def check_dtype(name: str, p: torch.Tensor) -> None:
-    if p.dtype in _HALF:
+def check_dtype(name: str, p: torch.Tensor, compute_dtype: Optional[torch.dtype] = None) -> None:
+    """Refuse what cannot be perturbed in place: half weights (unless every module runs in ``compute_dtype``,
+    :class:`Upcaster`), weights offloaded to host memory or disk (meta tensors), integer weights."""
+    if p.device.type == "meta":
+        raise MrdkitError(
+            f"parameter {name!r} is offloaded (on the meta device, loaded per module by accelerate's hooks): MRD "
+            "perturbs weights in place, so every weight must live on a device; give the device_map enough device "
+            "memory (max_memory) or use --dtype bfloat16 --compute-dtype float32 to halve what it needs"
+        )
+    if p.dtype in _HALF and compute_dtype is None:
         raise MrdkitError(
             f"parameter {name!r} is {p.dtype}: a sigma ~ 1e-5 perturbation is below its resolution (most weights "
             "would not change at all); load the model in float32 or float64 to score MRD"
@@ -262,15 +270,19 @@ PERTURB_MODES = ("copy", "lowmem")
 
 
 def make_perturber(mode: str, model: torch.nn.Module, params: Optional[Sequence[tuple[str, torch.Tensor]]] = None,
-                   **noise: Any):
+                   compute_dtype: Optional[torch.dtype] = None, **noise: Any):
     """The perturber of ``mode``: ``copy`` -> :class:`Perturber`, ``lowmem`` -> :class:`LowMemPerturber`.
 
-    Both take ``sigma``, ``seed``, ``relative``, ``scheme`` and give bitwise-equal numbers.
+    Both take ``sigma``, ``seed``, ``relative``, ``scheme`` and give bitwise-equal numbers; ``compute_dtype``
+    (half-precision weights run module by module in a wider dtype) needs ``lowmem``.
     """
     if mode == "copy":
+        if compute_dtype is not None:
+            raise MrdkitError("compute_dtype needs perturb mode 'lowmem' (copy mode would clone every weight in the "
+                              "wider dtype: the full copy compute_dtype exists to avoid)")
         return Perturber(model, params, **noise)
     if mode == "lowmem":
-        return LowMemPerturber(model, params, **noise)
+        return LowMemPerturber(model, params, compute_dtype=compute_dtype, **noise)
     raise MrdkitError(f"unknown perturb mode {mode!r} (known: {', '.join(PERTURB_MODES)})")
 
 
@@ -301,6 +313,77 @@ def _nbytes(params: NamedParams) -> int:
     return sum(p.numel() * p.element_size() for _, p in params)
 
 
+class Upcaster:
+    """Run a half-precision model in a wider ``dtype`` one module at a time, without a full wide copy.
+
+    MRD's sigma = 1e-5 noise is below bf16's resolution (``w + delta`` rounds back to ``w`` for ~92% of weights),
+    so a bf16 checkpoint must be scored in fp32 (Feng et al. 2025, arXiv 2504.06658, paper-notes section 1). A
+    forward pre-hook on every module that owns parameters swaps each of its half weights for a widened copy just
+    before it runs; the forward hook (also called when the forward raises) puts the ORIGINAL half tensor back: no
+    copy, bit-exact. Parameters owned by several modules (tied embeddings) stay widened for the whole context.
+    Every computation then sees exactly the weights of the same checkpoint converted to ``dtype``, so MRD equals
+    that of the converted model bit for bit, with extra memory = the shared parameters + the largest module, in
+    ``dtype``. For measurement only (no autograd through the swapped weights).
+
+    Attributes:
+        wide_bytes: bytes of widened weights alive now; ``peak_wide_bytes``: their maximum so far.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.dtype in _HALF]
+        shared, self.groups = owner_groups(model, named)
+        self.dtype, self._live, self.closed = dtype, {}, False
+        self._shared = [(p, p.data) for _, p in shared]
+        for p, half in self._shared:
+            p.data = half.to(dtype)
+        self.wide_bytes = self.peak_wide_bytes = _nbytes(shared)
+        self._hooks = []
+        for i, (module, _) in enumerate(self.groups):
+            self._hooks.append(module.register_forward_pre_hook(self._widen(i)))
+            self._hooks.append(module.register_forward_hook(self._narrow(i), always_call=True))
+
+    def _widen(self, index: int):
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            self._restore(index)  # re-entered before its post-hook: start again from the stored weights
+            params = [p for _, p in self.groups[index][1]]
+            self._live[index] = [p.data for p in params]
+            for p in params:
+                p.data = p.data.to(self.dtype)
+            self.wide_bytes += _nbytes(self.groups[index][1])
+            self.peak_wide_bytes = max(self.peak_wide_bytes, self.wide_bytes)
+        return hook
+
+    def _narrow(self, index: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            self._restore(index)
+        return hook
+
+    def _restore(self, index: int) -> None:
+        stored = self._live.pop(index, None)
+        if stored is not None:
+            self.wide_bytes -= _nbytes(self.groups[index][1])
+            for (_, p), half in zip(self.groups[index][1], stored):
+                p.data = half
+
+    def close(self) -> None:
+        """Put every original half tensor back and remove the hooks."""
+        if self.closed:
+            return
+        for index in list(self._live):
+            self._restore(index)
+        for p, half in self._shared:
+            p.data = half
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._shared, self.closed = [], [], True
+
+    def __enter__(self) -> Upcaster:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
 class LowMemPerturber(PerturbedParams):
     """Drop-in for :class:`~mrdkit.scoring.perturb.Perturber` that clones one module's weights at a time.
 
@@ -315,10 +398,14 @@ class LowMemPerturber(PerturbedParams):
     Args:
         model, params, sigma, seed, relative: as :class:`Perturber`. scheme: only ``"mrdkit"`` (the reference
             scheme draws every parameter from one stream, which cannot be produced module by module).
+        compute_dtype: for half-precision weights: every module runs in this dtype (an :class:`Upcaster` the
+            perturber owns, hooked in before its own hooks), and the noise is drawn and added in it, exactly as for
+            a model whose weights were converted to that dtype.
     """
 
     def __init__(self, model: torch.nn.Module, params: Optional[Sequence[tuple[str, torch.Tensor]]] = None, *,
-                 sigma: float, seed: int = 0, relative: bool = False, scheme: str = "mrdkit") -> None:
+                 sigma: float, seed: int = 0, relative: bool = False, scheme: str = "mrdkit",
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
         if scheme != "mrdkit":
             raise MrdkitError(f"perturb mode 'lowmem' needs noise scheme 'mrdkit', not {scheme!r} (the reference "
                               "scheme is one stream over all parameters; use perturb mode 'copy')")
@@ -327,11 +414,14 @@ class LowMemPerturber(PerturbedParams):
         self.model, self.sigma, self.seed, self.relative = model, float(sigma), int(seed), bool(relative)
         self.params = list(params) if params is not None else select_parameters(model)
         for name, p in self.params:
-            check_dtype(name, p)
+            check_dtype(name, p, compute_dtype)
+        # hooks run in registration order: the upcaster's pre-hook first (this perturber then clones and perturbs
+        # the widened weights), its post-hook last (this perturber's post-hook is prepended)
+        self.upcaster = Upcaster(model, compute_dtype) if compute_dtype is not None else None
         self.shared, self.groups = owner_groups(model, self.params)
         self._sizes: dict[tuple[torch.device, torch.dtype], int] = {}
         for _, p in self.params:
-            key = (p.device, p.dtype)
+            key = (p.device, compute_dtype if compute_dtype is not None and p.dtype in _HALF else p.dtype)
             self._sizes[key] = max(self._sizes.get(key, 0), p.numel())
         self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         # shared parameters are perturbed for whole forwards: one snapshot kept, as copy mode
@@ -343,7 +433,7 @@ class LowMemPerturber(PerturbedParams):
         self._hooks = []
         for i, (module, _) in enumerate(self.groups):
             self._hooks.append(module.register_forward_pre_hook(self._pre_hook(i)))
-            self._hooks.append(module.register_forward_hook(self._post_hook(i), always_call=True))
+            self._hooks.append(module.register_forward_hook(self._post_hook(i), always_call=True, prepend=True))
 
     def _noise(self, name: str, p: torch.Tensor, draw: int) -> torch.Tensor:
         """``z ~ N(0, I)`` shaped like ``p``, from the same generator and buffer layout as :class:`Perturber`."""
@@ -414,6 +504,8 @@ class LowMemPerturber(PerturbedParams):
             handle.remove()
         self._shared.saved = None  # free the copy (restored above)
         self._hooks, self._buffers, self._closed = [], {}, True
+        if self.upcaster is not None:
+            self.upcaster.close()
 
     def __enter__(self) -> LowMemPerturber:
         return self

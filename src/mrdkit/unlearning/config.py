@@ -17,17 +17,26 @@ arXiv:2401.06121, ``config/forget.yaml`` / ``config/forget_lora.yaml`` / ``forge
   is set; off by default.
 - trackers: none by default (``train_log.jsonl`` always); ``report_to`` as the Hugging Face Trainer's option of the
   same name (:mod:`mrdkit.unlearning.trackers`).
+- memory and precision (docs/scaling.md): fp32 weights and AdamW state, no autocast, no checkpointing, a reference
+  that costs nothing under LoRA (adapters disabled) and one copy of the TRAINABLE weights otherwise; the switches
+  for 7B-70B models (``mixed_precision``, ``weights_dtype``, ``gradient_checkpointing``, ``reference``,
+  ``trainable_params``, ``fsdp``) are all off by default, so small runs stay bitwise what they were.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mrdkit.data.encode import check_options
 from mrdkit.errors import MrdkitError
 from mrdkit.train import SCHEDULES
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+WEIGHTS_DTYPES = ("float32", "bfloat16", "float16")
+REFERENCES = ("auto", "adapters", "copy", "cpu", "offload")
 
 
 @dataclass
@@ -87,6 +96,22 @@ class UnlearnConfig:
         rescore_draws: draws of the cheap re-scoring the ``refresh`` sampler runs every epoch.
         report_to: experiment trackers fed every train-log row: ``none``, ``tensorboard``, ``wandb`` or a comma
             list (:mod:`mrdkit.unlearning.trackers`); not part of the run's identity (``--resume`` may change it).
+        mixed_precision: ``no``, ``bf16`` or ``fp16``: accelerate's autocast around every forward of a step (model
+            and reference); weights, gradients and AdamW state stay in their own dtype (fp32 master weights).
+        weights_dtype: dtype of the weights that do NOT train (LoRA's base model, layers outside
+            ``trainable_params``, the reference copy's frozen part): ``float32`` or ``bfloat16`` / ``float16`` (half
+            needs ``mixed_precision``). Trainable parameters are always kept in float32, so AdamW and its state are
+            fp32: a lr 1e-5 update is below bf16's resolution for most weights.
+        gradient_checkpointing: recompute each block's activations in the backward pass instead of storing them
+            (transformers' ``gradient_checkpointing_enable``, non-reentrant): same gradients, less memory.
+        reference: the frozen reference of npo / kl / idkdpo / rmu: ``auto`` (``adapters`` with LoRA, else
+            ``copy``), ``adapters`` (the LoRA model with its adapters disabled: no second copy), ``copy`` (a copy of
+            the trainable weights on the training device, frozen weights shared), ``cpu`` (a full copy kept and run
+            on the CPU) or ``offload`` (a full copy in CPU memory run on the training device module by module).
+        trainable_params: regular expression over parameter names: only matching parameters train (full
+            fine-tuning; with LoRA it filters the adapters); e.g. ``mlp.down_proj`` of layers 5-7 for WMDP's RMU.
+        fsdp: shard parameters, gradients and AdamW state over the launched processes with torch FSDP2
+            (``fully_shard`` per transformer block); needs a multi-process launch (docs/scaling.md).
     """
 
     lr: float = 1e-5
@@ -123,6 +148,12 @@ class UnlearnConfig:
     mrd_estimator: str = "antithetic"
     rescore_draws: int = 8
     report_to: str = "none"
+    mixed_precision: str = "no"
+    weights_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    reference: str = "auto"
+    trainable_params: Optional[str] = None
+    fsdp: bool = False
 
     def check(self) -> None:
         """Raise :class:`MrdkitError` naming the first invalid field."""
@@ -159,9 +190,37 @@ class UnlearnConfig:
         _require(self.stop_prob is None or 0 < self.stop_prob < 1, f"stop_prob must be in (0, 1), got {self.stop_prob}")
         _require(self.monitor_retain >= 0, f"monitor_retain must be >= 0, got {self.monitor_retain}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
+        self.check_memory_options()
         if self.lora is not None:
             _require(self.lora.r >= 1 and self.lora.alpha > 0 and 0 <= self.lora.dropout < 1,
                      f"lora needs r >= 1, alpha > 0, 0 <= dropout < 1; got {self.lora}")
+
+    def check_memory_options(self) -> None:
+        """The precision / memory / sharding switches: known names and combinations that can run."""
+        _require(self.mixed_precision in MIXED_PRECISION,
+                 f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        _require(self.weights_dtype in WEIGHTS_DTYPES,
+                 f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {self.weights_dtype!r}")
+        _require(self.weights_dtype == "float32" or self.mixed_precision != "no",
+                 f"weights_dtype={self.weights_dtype} needs mixed_precision=bf16 or fp16 (autocast runs the fp32 "
+                 f"trainable and the half-precision frozen weights together)")
+        _require(self.reference in REFERENCES, f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        _require(self.reference != "adapters" or self.lora is not None,
+                 "reference=adapters needs LoRA (--lora): without adapters there is nothing to disable")
+        _require(not self.gradient_checkpointing or self.train_mode,
+                 "gradient_checkpointing needs train_mode=True (transformers checkpoints only in training mode)")
+        if self.trainable_params is not None:
+            try:
+                re.compile(self.trainable_params)
+            except re.error as exc:
+                raise MrdkitError(f"unlearn config: trainable_params is not a regular expression: {exc}") from None
+        if self.fsdp:
+            _require(self.lora is None, "fsdp shards full-parameter unlearning; with LoRA use DDP (no --fsdp): the "
+                                        "adapters are small and the base weights frozen")
+            _require(self.reference in ("auto", "copy"), f"fsdp shards the reference copy too; reference="
+                                                         f"{self.reference!r} is not available under fsdp")
+            _require(self.mixed_precision != "fp16", "fsdp runs bf16 autocast, not fp16 (its loss scaling needs "
+                                                     "accelerate's prepared optimizer); use mixed_precision=bf16")
 
     def warmup_for(self, total_steps: int) -> int:
         """Warmup steps for a run of ``total_steps``: ``warmup_steps`` or ``ceil(warmup_ratio * total)``, at most

@@ -130,6 +130,11 @@ def mrd_scorer(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample]
     from mrdkit.progress import progress_bar
     from mrdkit.scoring import score_mrd
 
+    # half-precision weights (weights_dtype under LoRA) are scored in fp32 one module at a time: the 1e-5 noise is
+    # below bf16's resolution, and a full fp32 copy is what loading them in bf16 avoided
+    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+    wide = {"compute_dtype": "float32", "perturb_mode": "lowmem"} if half else {}
+
     def score(draws: int) -> list[float]:
         title = f"on-the-fly MRD for {label}: K={draws} draws, {len(samples)} samples"
         show = None if os.environ.get("RANK", "0") == "0" else False
@@ -137,7 +142,7 @@ def mrd_scorer(model: torch.nn.Module, tokenizer: Any, samples: Sequence[Sample]
             result = score_mrd(model, list(samples), tokenizer=tokenizer, draws=draws, sigma=cfg.mrd_sigma,
                                estimator=cfg.mrd_estimator, seed=cfg.seed, template=cfg.template,
                                max_length=cfg.max_length, proxies=False, grad_norm=False, diagnostics=False,
-                               progress=bar)
+                               progress=bar, **wide)
         return scores_for(samples, result.scores(), "on-the-fly MRD scores")
 
     return score

@@ -1,10 +1,12 @@
 """``unlearn()``: the one explicit unlearning loop, built on ``accelerate`` so the same code runs on 1 or N devices.
 
-Setup (:mod:`~mrdkit.unlearning.setup`): method, reference model (a frozen copy of the start model, before LoRA and
-before any update), MRD scores for the sampler, LoRA or full fine-tuning, AdamW over the trainable parameters
-(decay on matrices only), a warmup + schedule (:class:`~mrdkit.train.LrSchedule`), the run directory and, with
-``resume=True``, the last checkpoint. Then epochs of optimizer steps until ``max_steps`` / ``epochs`` or the stop
-rule, and the final model in safetensors.
+Setup (:mod:`~mrdkit.unlearning.setup`): method, MRD scores for the sampler, the trainable weights and their dtypes,
+the reference model (the start model before any update: the LoRA model with adapters disabled, or a copy sharing
+the frozen weights; :mod:`~mrdkit.unlearning.reference`), LoRA or full fine-tuning, FSDP2 sharding when asked
+(:mod:`~mrdkit.unlearning.sharding`), AdamW over the trainable parameters (decay on matrices only), a warmup +
+schedule (:class:`~mrdkit.train.LrSchedule`), the run directory and, with ``resume=True``, the last checkpoint.
+Then epochs of optimizer steps until ``max_steps`` / ``epochs`` or the stop rule, and the final model in
+safetensors.
 
 Step ``s`` (1-based) takes up to ``grad_accum`` forget micro-batches, pairs each with a retain batch (and, for
 idk/idkdpo, the forget questions with "I don't know" answers), lets the method turn them into
@@ -19,6 +21,8 @@ The forget sampler shards its own index stream (``num_replicas`` / ``rank`` = ac
 index), so no DataLoader is ``prepare``d: batches are collated from sampler indices. The scheduler is not
 ``prepare``d either (accelerate would step it once per process per call). Single-process runs need no
 ``accelerate launch``; ``accelerate launch --multi_gpu --num_processes N -m mrdkit unlearn ...`` runs N.
+Mixed precision is accelerate's autocast, entered around every micro-batch's forwards (model and reference) and
+around the measurements; under FSDP the model is sharded by mrdkit and not ``prepare``d (docs/scaling.md).
 
 The MRD paper (Feng et al., arXiv:2504.06658, paper-notes section 3) changes only the sampler: ``cga`` draws
 high-MRD (easy) forget samples more often; every base method (GA, GradDiff, NPO, ...) is unchanged.
@@ -38,14 +42,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from mrdkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mrdkit.checkpoint import check_names, latest_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from mrdkit.data import Sample
 from mrdkit.errors import MrdkitError, NonFiniteLossError
 from mrdkit.models import fit_max_length, weights_digest
 from mrdkit.runs import atomic_write_jsonl, dumps
 from mrdkit.train import seeded_dropout, train_step
 from mrdkit.unlearning import feed as F
-from mrdkit.unlearning import trackers
+from mrdkit.unlearning import sharding, trackers
 from mrdkit.unlearning.config import UnlearnConfig
 from mrdkit.unlearning.lora import save_final_model
 from mrdkit.unlearning.methods import UnlearnMethod
@@ -104,7 +108,8 @@ def unlearning_step(r: RunState, group: list[list[int]], step: int, epoch: float
         def run() -> tuple[torch.Tensor, dict[str, float]]:
             batches = r.feed.batches(indices, step, m, retain=r.method.needs_retain, idk=r.method.needs_idk)
             ids.extend(batches[0]["ids"])
-            with seeded_dropout(r.cfg.seed, step, m, r.feed.rank, device=r.acc.device):
+            # autocast (mixed_precision) around the model AND the reference, so both see the same precision
+            with seeded_dropout(r.cfg.seed, step, m, r.feed.rank, device=r.acc.device), r.acc.autocast():
                 return method_loss(r.method, r.model, r.ref, *batches)
         return run
 
@@ -130,9 +135,10 @@ def _due(every: int | None, step: int) -> bool:
 def measure(r: RunState) -> dict[str, float]:
     """Mean P(a|q) of the whole forget set and of the retain panel (the stop rule's input)."""
     bs, pad = r.cfg.eval_batch_size, r.feed.pad
-    out = {"forget_prob": F.mean_probability(r.raw, r.feed.forget_enc, bs, pad)}
-    if r.retain_panel:
-        out["retain_prob"] = F.mean_probability(r.raw, r.retain_panel, bs, pad)
+    with r.acc.autocast():  # the precision the steps run in (half frozen weights need it)
+        out = {"forget_prob": F.mean_probability(r.raw, r.feed.forget_enc, bs, pad)}
+        if r.retain_panel:
+            out["retain_prob"] = F.mean_probability(r.raw, r.retain_panel, bs, pad)
     return out
 
 
@@ -155,13 +161,15 @@ def log_row(r: RunState, row: dict[str, Any]) -> None:
 
 
 def _callbacks(r: RunState, row: dict[str, Any]) -> None:
-    """Run the evaluation callbacks on the model in eval mode (no dropout); their results go to ``row["eval"]``."""
+    """Run the evaluation callbacks on the model in eval mode (no dropout) and under the run's autocast; their
+    results go to ``row["eval"]``."""
     state = UnlearnState(row["step"], row["epoch"], r.raw, r.feed.tokenizer, row, r.history)
     was_training = r.raw.training
     r.raw.eval()
     try:
         for callback in r.callbacks:
-            result = callback(state) or {}
+            with r.acc.autocast():
+                result = callback(state) or {}
             row.setdefault("eval", {}).update(result)
             if result.get("stop") and r.stop is None:
                 r.stop = (row["step"], "callback")
@@ -170,13 +178,20 @@ def _callbacks(r: RunState, row: dict[str, Any]) -> None:
 
 
 def checkpoint_now(r: RunState, step: int, epoch: int, in_epoch: int) -> None:
-    """Write the checkpoint of ``step`` (main process) with the loop position ``(epoch, step within epoch)``."""
+    """Write the checkpoint of ``step`` (main process) with the loop position ``(epoch, step within epoch)``.
+
+    Sharded (FSDP) runs gather whole tensors first, a collective every process joins, so a checkpoint has one
+    format whatever wrote it."""
     if r.run_dir is None:
         return
+    params, optimizer = r.params, r.optimizer
+    if r.sharded:
+        params = sharding.full_parameters(r.raw, r.params)
+        optimizer = sharding.full_optimizer_state(r.raw, r.raw_optimizer)
     if r.acc.is_main_process:
         scores = r.sampler.scores.tolist() if hasattr(r.sampler, "rescore") else None
         state = {"epoch": epoch, "step_in_epoch": in_epoch, "stop": r.stop, "sampler_scores": scores}
-        save_checkpoint(r.run_dir.path, step, params=r.params, optimizer=r.optimizer, scheduler=r.scheduler,
+        save_checkpoint(r.run_dir.path, step, params=params, optimizer=optimizer, scheduler=r.scheduler,
                         state=state)
     r.acc.wait_for_everyone()
 
@@ -217,7 +232,13 @@ def _fresh_start(r: RunState) -> None:
 
 def _resume(r: RunState) -> tuple[int, int, int]:
     """Load the checkpoint and keep the log rows up to its step; returns (step, epoch, step in epoch)."""
-    state = load_checkpoint(r.checkpoint, params=r.params, optimizer=r.raw_optimizer, scheduler=r.scheduler)
+    if r.sharded:  # every process reads the whole tensors and keeps its shard
+        saved, optimizer_state, scheduler_state, state = read_checkpoint(r.checkpoint)
+        check_names(r.checkpoint, saved, r.params)
+        sharding.load_full(r.raw, r.raw_optimizer, saved, optimizer_state)
+        r.scheduler.load_state_dict(scheduler_state)
+    else:
+        state = load_checkpoint(r.checkpoint, params=r.params, optimizer=r.raw_optimizer, scheduler=r.scheduler)
     r.stop = tuple(state["stop"]) if state.get("stop") else None
     log = r.run_dir.file(LOG)
     r.history = [row for row in read_log(log) if row["step"] <= state["step"]]
@@ -301,9 +322,10 @@ def finish_run(r: RunState, wall: float) -> UnlearnResult:
     if r.start_weights is not None:
         summary["weights_changed"] = check_weights_changed(r, r.start_weights)
     model = r.raw
+    whole = sharding.full_model_state(r.raw) if r.sharded and r.run_dir is not None else None  # collective
     if r.run_dir is not None and r.acc.is_main_process:
         merge = bool(r.cfg.lora and r.cfg.lora.merge_on_save)
-        model = save_final_model(r.raw, r.feed.tokenizer, r.run_dir.file("model"), merge=merge)
+        model = save_final_model(r.raw, r.feed.tokenizer, r.run_dir.file("model"), merge=merge, state_dict=whole)
         summary["model_dir"] = str(r.run_dir.file("model"))
         plot_probabilities(r.history, r.run_dir.file(CURVE))
         r.run_dir.write_json("summary.json", summary)
@@ -343,7 +365,9 @@ def unlearn(model: torch.nn.Module, tokenizer: Any, forget: Sequence[Sample], re
         callbacks: ``callback(UnlearnState) -> mapping | None`` every ``eval_every`` steps and at the end.
         progress: ``progress(step, total_steps)`` after every step.
         idk: "I don't know" answers for idk / idkdpo (default: TOFU's ``idontknow.jsonl``).
-        ref_model: the frozen reference of npo / kl / idkdpo / rmu (default: a frozen copy of ``model``).
+        ref_model: the frozen reference of npo / kl / idkdpo / rmu (default: built per ``config.reference``: the
+            LoRA model with its adapters disabled, or a copy of the start model sharing its frozen weights;
+            :mod:`mrdkit.unlearning.reference`).
         run_meta: extra JSON-ready fields stored in ``config.json`` (e.g. the model and data specs).
 
     Returns:

@@ -1,6 +1,7 @@
-"""Setting up an :func:`~mrdkit.unlearning.loop.unlearn` run: input checks, the method, accelerate (DDP only, no
-sharded modes), AdamW and its schedule, the resolved ``config.json``, and :func:`build_run`, which assembles the
-:class:`RunState` in the order that matters (reference copy and MRD scores from the start model, before LoRA and
+"""Setting up an :func:`~mrdkit.unlearning.loop.unlearn` run: input checks, the method, accelerate (DDP, or FSDP2
+sharding through :mod:`~mrdkit.unlearning.sharding`; DeepSpeed and Megatron-LM refused), precision and memory
+switches, AdamW and its schedule, the resolved ``config.json``, and :func:`build_run`, which assembles the
+:class:`RunState` in the order that matters (MRD scores and the reference from the start model, before LoRA and
 any checkpoint).
 """
 
@@ -20,17 +21,18 @@ from mrdkit.checkpoint import latest_checkpoint
 from mrdkit.data import Sample, check_unique_ids, load_idk
 from mrdkit.data.templates import resolve_template
 from mrdkit.errors import MrdkitError
-from mrdkit.models import clone_frozen, model_fingerprint, resolve_device
+from mrdkit.models import model_fingerprint, resolve_device, resolve_dtype
 from mrdkit.runs import RunDir, digest
 from mrdkit.samplers import SAMPLERS
 from mrdkit.train import LrSchedule, make_optimizer, make_scheduler
 from mrdkit.unlearning import feed as F
-from mrdkit.unlearning import trackers
+from mrdkit.unlearning import reference as R
+from mrdkit.unlearning import sharding, trackers
 from mrdkit.unlearning.config import UnlearnConfig
-from mrdkit.unlearning.lora import apply_lora, trainable_parameters
+from mrdkit.unlearning.lora import apply_lora, cast_for_training, select_trainable, trainable_parameters
 from mrdkit.unlearning.methods import UnlearnMethod, build_method
 
-SHARDED = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
+REFUSED = ("DEEPSPEED", "MEGATRON_LM")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class RunState:
 
     cfg: UnlearnConfig
     acc: Any
-    model: Any  # as prepared by accelerate (DDP-wrapped with several processes)
+    model: Any  # as prepared by accelerate (DDP-wrapped with several processes; the sharded model under FSDP)
     raw: Any  # unwrapped
     ref: Any
     method: UnlearnMethod
@@ -75,6 +77,7 @@ class RunState:
     raw_optimizer: Any = None  # the optimizer accelerate wrapped (checkpoints load into it)
     info: dict[str, Any] = field(default_factory=dict)  # method / sampler / scores / LoRA targets for the summary
     start_weights: str | None = None  # weights_digest of the trainable parameters before any update
+    sharded: bool = False  # FSDP2: parameters, gradients and AdamW state are DTensor shards
 
 
 def resolve_method(method: str | UnlearnMethod, cfg: UnlearnConfig) -> UnlearnMethod:
@@ -115,8 +118,8 @@ def warn_overlap(forget: Sequence[Sample], retain: Sequence[Sample] | None) -> N
 
 
 def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod, out_dir: Any = None):
-    """accelerate's ``Accelerator`` for this run (CPU when asked, trackers of ``cfg.report_to`` writing into
-    ``out_dir``), refusing parameter-sharding modes."""
+    """accelerate's ``Accelerator`` for this run (CPU when asked, ``cfg.mixed_precision``, trackers of
+    ``cfg.report_to`` writing into ``out_dir``), refusing DeepSpeed and Megatron-LM."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -124,7 +127,12 @@ def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod, out_dir: Any = N
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if method.needs_activations else []
     names = trackers.tracker_names(cfg.report_to)
     trackers.check_available(names, out_dir)
-    acc = Accelerator(cpu=resolve_device(cfg.device).type == "cpu", kwargs_handlers=handlers,
+    cpu = resolve_device(cfg.device).type == "cpu"
+    if cpu and cfg.mixed_precision == "fp16":
+        raise MrdkitError("mixed_precision=fp16 needs a GPU (fp16 autocast and its loss scaling are CUDA-only); on "
+                          "the CPU use bf16")
+    fresh_precision(cfg.mixed_precision)
+    acc = Accelerator(cpu=cpu, kwargs_handlers=handlers, mixed_precision=cfg.mixed_precision,
                       **trackers.accelerator_kwargs(names, out_dir))
     check_distributed_type(acc.distributed_type)
     if acc.num_processes > 1:
@@ -139,19 +147,62 @@ def make_accelerator(cfg: UnlearnConfig, method: UnlearnMethod, out_dir: Any = N
     return acc
 
 
-def check_distributed_type(kind: Any) -> None:
-    """Refuse accelerate modes that shard parameters (DeepSpeed ZeRO, FSDP, Megatron-LM).
+def fresh_precision(mixed_precision: str) -> None:
+    """Let a single-process run pick its own ``mixed_precision``.
 
-    The loop saves ``trainable_parameters`` and the AdamW state straight to safetensors, clips with a global norm
-    over the local parameters and writes ``model/`` with ``save_pretrained``: under sharding each process holds
-    only a slice, so checkpoints and the final model would be incomplete (docs/robustness.md). DDP (MULTI_GPU,
-    MULTI_CPU) keeps a full replica per process and is supported.
+    accelerate keeps ONE process-wide ``AcceleratorState`` and refuses a second ``Accelerator`` with another
+    precision ("restart your runtime"), so a second ``unlearn()`` in a notebook or a test could not switch from fp32
+    to bf16. A single process owns nothing that depends on the old state once its run is over, so its state is
+    dropped (``PartialState``, the process group's, is kept); a multi-process launch keeps the precision it was
+    launched with and a different request is a one-line error.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or state.get("_mixed_precision", mixed_precision) == mixed_precision:
+        return
+    if PartialState().num_processes > 1:  # the process group's own count (a WORLD_SIZE mismatch is checked later)
+        raise MrdkitError(f"this process was launched with mixed precision {state['_mixed_precision']!r}; "
+                          f"mixed_precision={mixed_precision!r} needs its own launch (accelerate launch "
+                          f"--mixed_precision {mixed_precision}, or mrd unlearn --mixed-precision alone)")
+    AcceleratorState._reset_state()
+
+
+def check_distributed_type(kind: Any) -> None:
+    """Refuse accelerate modes mrdkit's loop does not drive (DeepSpeed ZeRO, Megatron-LM).
+
+    DDP (MULTI_GPU, MULTI_CPU) keeps a full replica per process; FSDP (accelerate's ``--use_fsdp`` with
+    ``fsdp_version: 2``, or ``--fsdp`` under any multi-process launch) is sharded by
+    :mod:`mrdkit.unlearning.sharding`, whose checkpoints and final model gather whole tensors. DeepSpeed would need
+    its own engine for the step, the checkpoints and the final save: not tested here, so refused (docs/scaling.md).
     """
     name = getattr(kind, "name", None) or str(kind).rsplit(".", 1)[-1]
-    if name.upper() in SHARDED:
-        raise MrdkitError(f"mrd unlearn runs data-parallel (DDP) only; accelerate is configured for {name}, whose "
-                          f"sharded parameters its checkpoints and final save cannot hold: launch with "
-                          f"--multi_gpu (DDP), or see docs/robustness.md for DeepSpeed / FSDP")
+    if name.upper() in REFUSED:
+        raise MrdkitError(f"mrd unlearn runs DDP or FSDP2; accelerate is configured for {name}, which its loop does "
+                          f"not drive: for sharded full-parameter unlearning use FSDP (mrd unlearn --fsdp under "
+                          f"torchrun / accelerate launch --multi_gpu, or accelerate's FSDP2 config; docs/scaling.md)")
+
+
+def uses_fsdp(cfg: UnlearnConfig, acc: Any) -> bool:
+    """``cfg.fsdp``, or a launch with accelerate's FSDP config (which accelerate honours on GPUs only)."""
+    name = getattr(acc.distributed_type, "name", str(acc.distributed_type))
+    if name == "FSDP" and cfg.lora is not None:
+        raise MrdkitError("accelerate is configured for FSDP, which mrd unlearn uses for full-parameter runs only; "
+                          "with LoRA launch with --multi_gpu (DDP)")
+    return cfg.fsdp or name == "FSDP"
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' gradient checkpointing, non-reentrant (``torch.utils.checkpoint(use_reentrant=False)``): each
+    block's activations are recomputed in the backward pass, with the forward's RNG state (same dropout masks), so
+    the gradients equal those of a plain backward (Chen et al. 2016, arXiv:1604.06174)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: the new name of the same switch
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif getattr(model, "supports_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise MrdkitError(f"{type(model).__name__} does not support gradient checkpointing")
 
 
 def sampler_name(sampler: Any) -> str:
@@ -171,22 +222,54 @@ def run_config(cfg, method, sampler, forget, retain, scores, source, targets, me
             "lora_targets": targets, "start_model": start, **dict(meta or {})}
 
 
-def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
-              cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta) -> RunState:
-    """Reference, scores, LoRA, run directory, sampler, batches, optimizer, schedule and accelerate, in the order
-    that matters: the reference copy and the MRD scores see the start model, before LoRA and any checkpoint."""
-    acc = make_accelerator(cfg, meth, out_dir)
-    ref = None
-    if meth.needs_reference:
-        ref = (ref_model if ref_model is not None else clone_frozen(model)).to(acc.device).eval()
-    init_scores, source, scorer = F.initial_scores(sampler, scores, forget, model, tokenizer, cfg)
-    start = model_fingerprint(model) if out_dir is not None else None  # before LoRA wraps it
+def prepare_weights(model, cfg: UnlearnConfig, acc, sharded: bool, want_reference: bool):
+    """Which weights train, their dtypes, the reference and LoRA, in the order that matters; returns
+    ``(model, reference, LoRA targets)``.
+
+    Trainable selection and dtypes come first, so the reference copy shares exactly the weights that never train;
+    LoRA wraps the model after the copy (which must not see adapters), the ``adapters`` reference after LoRA.
+    """
+    if cfg.lora is None:
+        select_trainable(model, cfg.trainable_params)
+    cast_for_training(model, resolve_dtype(cfg.weights_dtype), lora=cfg.lora is not None)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    ref = R.before_lora(model, cfg, acc.device) if want_reference else None
     targets = None
     if cfg.lora is not None:
         model, targets = apply_lora(model, cfg.lora, cfg.seed)
+        select_trainable(model, cfg.trainable_params)
+        cast_for_training(model, resolve_dtype(cfg.weights_dtype), lora=False)  # adapters fp32, base as set
+        if want_reference and ref is None:
+            ref = R.after_lora(model, cfg)
+    if sharded:
+        sharding.shard(model, reshard_after_forward=sharding.plugin_reshard(acc))
+        if ref is not None:
+            sharding.shard(ref, reshard_after_forward=sharding.plugin_reshard(acc))
+    return model, ref, targets
+
+
+def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth: UnlearnMethod, sampler, scores,
+              cfg: UnlearnConfig, *, out_dir, resume, overwrite, idk, ref_model, run_meta) -> RunState:
+    """Scores, trainable weights, reference, LoRA, sharding, run directory, sampler, batches, optimizer, schedule
+    and accelerate, in the order that matters: the MRD scores and the reference see the start model, before LoRA
+    and any checkpoint."""
+    acc = make_accelerator(cfg, meth, out_dir)
+    sharded = uses_fsdp(cfg, acc)
+    if sharded and sampler == "refresh":
+        raise MrdkitError("the refresh sampler re-scores MRD on the sharded model, which fsdp does not support; "
+                          "score once (--scores) and use cga / mrd_weighted")
+    init_scores, source, scorer = F.initial_scores(sampler, scores, forget, model, tokenizer, cfg)
+    start = model_fingerprint(model) if out_dir is not None else None  # before LoRA wraps it
+    if not sharded:
+        model.to(acc.device)  # so that the reference copy sharing frozen weights shares them on the device
+    model, ref, targets = prepare_weights(model, cfg, acc, sharded, meth.needs_reference and ref_model is None)
+    if meth.needs_reference and ref_model is not None:
+        ref = ref_model.to(acc.device).eval()
     params = trainable_parameters(model)
     if not params:
-        raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere)")
+        raise MrdkitError("the model has no trainable parameters (requires_grad is False everywhere, or "
+                          "trainable_params matches none)")
     config = run_config(cfg, meth, sampler, forget, retain, init_scores, source, targets, run_meta, start)
     config["template_used"] = resolve_template(cfg.template, tokenizer)  # what "auto" picked, for the record
     run_dir = None if out_dir is None else RunDir(out_dir, config, resume=resume, overwrite=overwrite)
@@ -202,9 +285,13 @@ def build_run(model, tokenizer, forget: list[Sample], retain: list[Sample], meth
     optimizer = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     scheduler = make_scheduler(optimizer, LrSchedule(total, cfg.warmup_for(total), cfg.schedule))
     model.train(cfg.train_mode)
-    prepared, prepared_opt = acc.prepare(model, optimizer)
+    if sharded:  # already sharded: accelerate must not wrap it in DDP (nor re-shard it under its FSDP plugin)
+        prepared, prepared_opt = model, optimizer
+    else:
+        prepared, prepared_opt = acc.prepare(model, optimizer)
     panel = F.encode(F.monitor_subset(retain, cfg.monitor_retain), tokenizer, cfg) if retain else []
     info = {"method": meth.name, "sampler": sampler_name(sampler), "scores": source, "lora_targets": targets,
             "report_to": trackers.tracker_names(cfg.report_to) or None}
-    return RunState(cfg, acc, prepared, acc.unwrap_model(prepared), ref, meth, feed, smp, prepared_opt, scheduler,
-                    params, total, run_dir, retain_panel=panel, checkpoint=ckpt, raw_optimizer=optimizer, info=info)
+    return RunState(cfg, acc, prepared, model if sharded else acc.unwrap_model(prepared), ref, meth, feed, smp,
+                    prepared_opt, scheduler, params, total, run_dir, retain_panel=panel, checkpoint=ckpt,
+                    raw_optimizer=optimizer, info=info, sharded=sharded)
