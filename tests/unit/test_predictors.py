@@ -21,6 +21,29 @@ def test_evaluate_score_spearman_on_uncensored_and_c_on_all():
         evaluate_score({"s0": 1.0, "s1": 2.0}, truth, truth_col="updates")
 
 
+def test_partial_spearman_given_length_removes_what_length_explains():
+    # truth = length + noise; a score that IS the length (reversed: longer = harder) has a strong plain Spearman
+    # and none beyond length; a score that carries the noise part predicts only beyond length
+    rng = np.random.default_rng(0)
+    length = rng.permutation(40).astype(float)
+    noise = rng.normal(size=40)
+    truth = [{"id": f"s{i}", "updates": length[i] + 8 * noise[i], "censored": i == 39} for i in range(40)]
+    control = {f"s{i}": length[i] for i in range(40)}
+    by_length = evaluate_score({f"s{i}": -length[i] for i in range(40)}, truth, truth_col="updates", n_boot=0,
+                               control=control)
+    by_noise = evaluate_score({f"s{i}": -noise[i] for i in range(40)}, truth, truth_col="updates", n_boot=0,
+                              control=control)
+    assert by_length["spearman"] < -0.3 and math.isnan(by_length["partial"])  # nothing left once length is fixed
+    assert by_noise["partial"] < by_noise["spearman"] < 0  # the noise part predicts better with length held fixed
+    # on the 39 uncensored only, by hand: Spearman of the residual ranks
+    from mrdkit.evaluation.correlation import partial_spearman
+
+    keep = [i for i in range(40) if i != 39]
+    want = partial_spearman([-noise[i] for i in keep], [truth[i]["updates"] for i in keep], [[length[i] for i in keep]])
+    assert by_noise["partial"] == pytest.approx(want[0]) and by_noise["partial_p"] == pytest.approx(want[1])
+    assert "partial" not in evaluate_score(control, truth, truth_col="updates", n_boot=0)
+
+
 def test_learned_combination_never_sees_its_test_fold(monkeypatch):
     """Every sample is predicted by a ridge fitted on other groups only (spy on the fitted rows)."""
     from sklearn.linear_model import Ridge

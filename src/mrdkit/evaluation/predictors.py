@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mrdkit.errors import MrdkitError
-from mrdkit.evaluation.correlation import correlate, harrell_c
+from mrdkit.evaluation.correlation import correlate, harrell_c, partial_spearman
 
 
 def _aligned(scores: Mapping[str, float], truth: Sequence[Mapping[str, Any]], truth_col: str):
@@ -28,9 +28,14 @@ def _aligned(scores: Mapping[str, float], truth: Sequence[Mapping[str, Any]], tr
 
 
 def evaluate_score(scores: Mapping[str, float], truth: Sequence[Mapping[str, Any]], *, truth_col: str,
-                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   n_boot: int = 1000, seed: int = 0, control: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Spearman with a bootstrap 95% CI on the UNCENSORED samples and Harrell's C on all (censoring-aware), of an
-    easier-oriented score against a time-like ground truth (updates, survival step)."""
+    easier-oriented score against a time-like ground truth (updates, survival step).
+
+    ``control`` (e.g. the answer length ``{id: n_tokens}``): also the partial Spearman given it on the uncensored
+    samples (``partial``, ``partial_p``: :func:`~mrdkit.evaluation.correlation.partial_spearman`), i.e. what the
+    score knows beyond that variable. A probability threshold on the whole answer makes long answers cross it
+    sooner, so length alone can predict a survival step; the partial column says whether a score adds to it."""
     x, y, events = _aligned(scores, truth, truth_col)
     c = harrell_c(x, y, events)
     if events.sum() >= 3 and np.unique(x[events]).size > 1:
@@ -38,7 +43,12 @@ def evaluate_score(scores: Mapping[str, float], truth: Sequence[Mapping[str, Any
         spear = {"spearman": sp.rho, "ci_low": sp.ci_low, "ci_high": sp.ci_high, "p": sp.p_value}
     else:
         spear = {"spearman": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
-    return {**spear, "harrell_c": c, "n": int(x.size), "n_censored": int((~events).sum())}
+    out = {**spear, "harrell_c": c, "n": int(x.size), "n_censored": int((~events).sum())}
+    if control is not None:
+        kept = [t for t in truth if t["id"] in scores and scores[t["id"]] is not None and not t.get("censored")]
+        z = [float(control.get(t["id"], math.nan)) for t in kept]
+        out["partial"], out["partial_p"], _ = partial_spearman(x[events], y[events], [z])
+    return out
 
 
 def learned_scores(features: Mapping[str, Mapping[str, float]], truth: Sequence[Mapping[str, Any]], *,
