@@ -45,6 +45,11 @@ def test_masked_row_sums_bitwise_independent_of_padding_width():
     assert all(torch.equal(s, sums[0]) for s in sums)
 
 
+def test_masked_row_sums_of_an_empty_batch_is_empty_float64():
+    out = masked_row_sums(torch.zeros(0, 5, dtype=torch.float32), torch.zeros(0, 5, dtype=torch.bool))
+    assert out.shape == (0,) and out.dtype == F64
+
+
 def test_paper_estimate_worked_example_and_clip():
     base = torch.tensor([[-1.0, -1.0]], dtype=F64)
     mask = torch.ones(1, 2, dtype=torch.bool)

@@ -111,6 +111,16 @@ def test_rmu_losses_hand_computed_with_mask():
     assert math.isclose(float(L.rmu_retain_loss(h, frozen)), (2.5 + 0 + 81) / 3, rel_tol=1e-6)
 
 
+def test_rmu_loss_of_a_single_masked_position_is_that_position():
+    # one masked position: the mean over the mask divides by exactly 1 (a clamp at 2 would halve it)
+    u = torch.tensor([1.0, 0.0])
+    h = torch.tensor([[[3.0, 2.0], [7.0, 7.0]]])  # (1, 2, 2); only the first position is kept
+    mask = torch.tensor([[True, False]])
+    # coef 1: target (1, 0), errors (2, 2) -> mean squared 4.0
+    assert math.isclose(float(L.rmu_loss(h, u, 1.0, mask)), 4.0, rel_tol=1e-6)
+    assert math.isclose(float(L.rmu_retain_loss(h, torch.zeros_like(h), mask)), (9.0 + 4.0) / 2, rel_tol=1e-6)
+
+
 @pytest.mark.parametrize("which", ["npo", "dpo"])
 def test_preference_losses_push_forget_likelihood_down(which):
     logp, ref = t(-2.0, -3.0).requires_grad_(), t(-2.0, -3.0)
