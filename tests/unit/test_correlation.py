@@ -243,3 +243,26 @@ def test_correlation_report_writes_its_files_with_the_default_seed(tmp_path):
     assert (tmp_path / "correlations.csv").read_text().startswith("score,spearman,")
     assert json.loads((tmp_path / "correlations.json").read_text())["rows"][0]["score"] == "mrd"
     assert -1 < table[0]["spearman"] < 0 and table[0]["n_censored"] == 0
+
+
+def test_seed1_survivors_default_bootstrap_count_ci_range_harder_columns_and_chunk_means(tmp_path):
+    from mrdkit.evaluation.correlation import correlation_report, difficulty_table
+
+    data = _table_data()
+    # the documented default is 1000 resamples: equal to an explicit 1000, not to 1001
+    default = correlation_table(data, "steps", ["mrd"], event_col="forgotten")[0]
+    assert default == correlation_table(data, "steps", ["mrd"], event_col="forgotten", n_boot=1000)[0]
+    assert default["spearman_ci_low"] != correlation_table(data, "steps", ["mrd"], event_col="forgotten",
+                                                           n_boot=1001)[0]["spearman_ci_low"]
+    with pytest.raises(MrdkitError, match="0 < ci < 1"):
+        correlate(data["mrd"], data["steps"], ci=1.5)
+    # a column declared "harder" is negated before the table: its rho flips sign
+    scores = [{"id": f"s{i}", "a": float(i)} for i in range(6)]
+    truth = [{"id": f"s{i}", "updates": float(i * i)} for i in range(6)]
+    plain = correlation_report(scores, truth, n_boot=0)[0]["spearman"]
+    flipped = correlation_report(scores, truth, n_boot=0, harder=["a"])[0]["spearman"]
+    assert plain == pytest.approx(1.0) and flipped == pytest.approx(-1.0)
+    # a chunk row takes the MEAN of its members' scores: (1 + 3) / 2
+    chunk_truth = [{"id": f"c{i}", "ids": [f"s{i}", f"s{i + 2}"], "updates": float(i)} for i in range(3)]
+    cols, _ = difficulty_table(scores, chunk_truth)
+    assert cols["a"] == [1.0, 2.0, 3.0]

@@ -235,3 +235,15 @@ def test_metrics_registry_declares_the_ideal_of_two_sided_metrics():
 
     assert {n: METRICS.entry(n).meta.get("ideal") for n in ("privleak", "rel_diff", "muse_privleak")} == \
         {"privleak": 0.0, "rel_diff": 0.0, "muse_privleak": 0.0}
+
+
+def test_truth_ratio_with_a_large_eps_uses_the_eps_formula():
+    # eps = 1 (not only 1e-10): wrong_prob / (correct_prob + eps) by hand, not the exact log-space ratio
+    want = math.exp(-3.5) / (math.exp(-2.0) + 1.0)
+    assert M.truth_ratio(2.0, [3.0, 4.0], eps=1.0) == pytest.approx(want, rel=1e-12)
+    assert M.truth_ratio(2.0, [3.0, 4.0], eps=1.0) != pytest.approx(math.exp(-1.5))
+
+
+def test_mia_auc_with_a_single_member():
+    assert M.mia_auc([2.0], [1.0, 3.0]) == pytest.approx(0.5)
+    assert M.mia_auc([5.0], [1.0, 3.0]) == 1.0

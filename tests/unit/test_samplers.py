@@ -253,3 +253,12 @@ def test_len_matches_iteration(name, num_samples, replicas):
     if name == "random" and num_samples == 14:
         drawn = list(build(name, TOY, num_samples=14))
         assert sorted(drawn[:6]) == sorted(drawn[6:12]) == list(range(6))  # whole permutations first
+
+
+def test_cga_refuses_a_zero_weight_on_either_side_and_takes_one_sample_per_epoch():
+    # seed-1 mutation survivors: "high > 0 or low > 0" would accept a zero weight; "num_samples < 2" would refuse 1
+    for high, low in ((0.6, 0.0), (0.0, 0.4)):
+        with pytest.raises(MrdkitError, match="must be > 0"):
+            build("cga", [0.1, 0.5, 0.9], high=high, low=low)
+    one = build("cga", [0.1, 0.5, 0.9], num_samples=1, seed=0)
+    assert len(list(iter(one))) == 1
