@@ -146,12 +146,31 @@ def _set_path(obj: Any, parts: list[str], raw: str, full: str) -> Any:
     return dataclasses.replace(obj, **{head: coerce(value, types_[head], full)})
 
 
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-3`` as a float.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot (``1.0e-3``), so ``1e-5`` -- how everybody writes a
+    learning rate or sigma -- came back as the string ``'1e-5'`` (a traceback in an untyped ``--set`` option such as
+    ``sigmas=[1e-5]``). YAML 1.2 reads it as a float; this loader adds that one rule to the safe loader.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass with one extra float pattern
+
+
 def parse_scalar(raw: str) -> Any:
     """A ``key=value`` value read as a YAML scalar (``1e-3`` -> float, ``true`` -> bool), else the text as typed."""
     import yaml
 
     try:
-        return yaml.safe_load(raw) if raw else ""
+        return _yaml_load(raw) if raw else ""
     except (yaml.YAMLError, ValueError):  # PyYAML raises ValueError for e.g. "0x_" (an int tag with no digits)
         return raw
 
@@ -164,7 +183,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MrdkitError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _yaml_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

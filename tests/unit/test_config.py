@@ -78,3 +78,16 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_nested_mapping_type_error():
     with pytest.raises(MrdkitError, match="must be a mapping"):
         from_dict(Cfg, {"optim": 3})
+
+
+def test_exponent_floats_without_a_dot_are_floats_in_set_options_and_yaml_files(tmp_path):
+    # PyYAML (YAML 1.1) reads "1e-5" as a string; an untyped bench option such as sigmas=[1e-5] then crashed
+    from mrdkit.config import load_yaml, parse_scalar
+
+    assert parse_scalar("1e-3") == 0.001 and isinstance(parse_scalar("1e-3"), float)
+    assert parse_scalar("[1e-05, 0.001]") == [1e-5, 1e-3]
+    assert parse_scalar("-2E+3") == -2000.0
+    assert (parse_scalar("1.10"), parse_scalar("12"), parse_scalar("true")) == (1.1, 12, True)
+    assert (parse_scalar("1e"), parse_scalar("e5"), parse_scalar("abc")) == ("1e", "e5", "abc")
+    (tmp_path / "c.yaml").write_text("lr: 5e-5\nsigmas: [1e-6, 1e-3]\n")
+    assert load_yaml(tmp_path / "c.yaml") == {"lr": 5e-5, "sigmas": [1e-6, 1e-3]}
