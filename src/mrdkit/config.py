@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -146,12 +147,13 @@ def _set_path(obj: Any, parts: list[str], raw: str, full: str) -> Any:
     return dataclasses.replace(obj, **{head: coerce(value, types_[head], full)})
 
 
-def _yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` that also reads ``1e-3`` as a float.
+@functools.lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """PyYAML's safe loader plus YAML 1.2's float rule for exponents without a dot.
 
     PyYAML implements YAML 1.1, whose float pattern needs a dot (``1.0e-3``), so ``1e-5`` -- how everybody writes a
     learning rate or sigma -- came back as the string ``'1e-5'`` (a traceback in an untyped ``--set`` option such as
-    ``sigmas=[1e-5]``). YAML 1.2 reads it as a float; this loader adds that one rule to the safe loader.
+    ``sigmas=[1e-5]``). Built once: the resolver table is copied per subclass.
     """
     import re
 
@@ -162,7 +164,14 @@ def _yaml_load(text: str) -> Any:
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass with one extra float pattern
+    return Loader
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-3`` as a float (:func:`_yaml_loader`)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass with one extra float pattern
 
 
 def parse_scalar(raw: str) -> Any:
