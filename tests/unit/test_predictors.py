@@ -86,3 +86,14 @@ def test_forecast_concordance_improves_with_the_horizon():
     table = forecast_concordance(rows, [1, 4], 0.02)
     assert [r["horizon"] for r in table] == [1, 4]
     assert table[1]["harrell_c"] > 0.9 and table[1]["harrell_c"] > table[0]["harrell_c"]
+
+
+def test_joint_survival_progress_is_logged_every_ten_steps(tmp_path):
+    from mrdkit.bench.predictors import _log_every
+    from mrdkit.bench.registry import BenchContext
+
+    seen: list[str] = []
+    ctx = BenchContext(dir=tmp_path, progress=seen.append)
+    for step in range(1, 26):
+        _log_every(ctx, "joint survival (ga)", step, 80)
+    assert seen == ["predictors: joint survival (ga) step 10/80", "predictors: joint survival (ga) step 20/80"]

@@ -46,10 +46,17 @@ def _survival(ctx: BenchContext, samples, method: str) -> list[dict[str, Any]]:
     if meta_path.is_file() and read_json(meta_path) == json_roundtrip(key):
         return read_jsonl(rows_path)
     loaded = target_model(ctx, dtype="float32")  # an unlearning run, as a user runs it
-    rows = joint_survival(loaded.model, loaded.tokenizer, samples, config=cfg)
+    rows = joint_survival(loaded.model, loaded.tokenizer, samples, config=cfg,
+                          progress=lambda step, total: _log_every(ctx, f"joint survival ({method})", step, total))
     atomic_write_jsonl(rows_path, rows)
     atomic_write_json(meta_path, key)
     return rows
+
+
+def _log_every(ctx: BenchContext, what: str, step: int, total: int, every: int = 10) -> None:
+    """A progress line every ``every`` steps of a long inner run (a SmolLM2 joint step takes minutes on CPU)."""
+    if step % every == 0:
+        ctx.log(f"predictors: {what} step {step}/{total}")
 
 
 def _truths(ctx: BenchContext, loaded, samples) -> dict[str, tuple[list[dict], str]]:
