@@ -75,6 +75,9 @@ def test_samplers_quick(tmp_path):
     assert {(r["method"], r["sampler"]) for r in results["runs"]} == {("ga", "random"), ("ga", "cga")}
     assert results["paired"][0]["sampler"] == "cga"
     assert all(r["forget_Q_A_Prob"] is not None for r in results["runs"])
+    # the MRD cost is the scoring run's own recorded draw time, also when a later invocation only loads it
+    mrd_summary = json.loads((tmp_path / "samplers" / "mrd_forget" / "summary.json").read_text())
+    assert results["mrd_cost_s"] == mrd_summary["timing"]["draws_s"] > 0
     report = render_report(tmp_path).read_text()
     assert "CGA improves unlearning completeness" in report
     assert results["stop_prob"] is None and "Every run used the full budget" in report
