@@ -28,15 +28,14 @@ DEMO_OPTIONS = {
 def run_demo(out: str | Path = "runs/demo", *, overwrite: bool = False,
              progress: Optional[Callable[[str], None]] = None) -> Path:
     """Run the demo into ``out`` and return the report path; prints the headline table."""
-    import torch
-
-    torch.set_num_threads(demo_threads())
     from mrdkit.bench.run import render_report, run_experiment
+    from mrdkit.train import pinned_threads
 
-    for name, options in DEMO_OPTIONS.items():
-        if progress:
-            progress(f"== demo step: {name}")
-        run_experiment(name, out, quick=True, overwrite=overwrite, options=options, progress=progress)
+    with pinned_threads(demo_threads()):  # the caller's thread count comes back afterwards
+        for name, options in DEMO_OPTIONS.items():
+            if progress:
+                progress(f"== demo step: {name}")
+            run_experiment(name, out, quick=True, overwrite=overwrite, options=options, progress=progress)
     report = render_report(out)
     _print_headline(report)
     return report
