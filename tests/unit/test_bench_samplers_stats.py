@@ -33,3 +33,34 @@ def test_labels_name_the_driving_score_unless_it_is_mrd():
     assert label({"sampler": "cga", "score": "mrd_antithetic"}) == "cga"
     assert label({"sampler": "random", "score": None}) == "random"
     assert label({"sampler": "curriculum", "score": "lookahead_3"}) == "curriculum@lookahead_3"
+
+
+def test_reference_metrics_read_the_retain_models_own_eval(tmp_path):
+    from mrdkit.bench.samplers import reference_metrics
+    from mrdkit.runs import atomic_write_json
+
+    assert reference_metrics(tmp_path / "TOFU_EVAL.json") == {}  # no eval.json beside it
+    atomic_write_json(tmp_path / "eval.json", {"metrics": {"model_utility": {"value": 0.358},
+                                                           "retain_Q_A_Prob": {"value": 0.878},
+                                                           "forget_quality": {"value": None},
+                                                           "mia_loss": {"value": 0.5}}})
+    assert reference_metrics(tmp_path / "TOFU_EVAL.json") == {"model_utility": 0.358, "retain_Q_A_Prob": 0.878}
+
+
+def test_the_report_shows_the_reference_row_and_paired_utility(tmp_path):
+    from mrdkit.bench.samplers import paired_vs_random, render, summarize
+
+    rows = [{"method": "npo", "sampler": s, "score": d, "seed": seed, "model_utility": u, "forget_Q_A_ROUGE": r,
+             "forget_prob_by_id": {}}
+            for seed, (u_rand, u_cur) in enumerate([(0.30, 0.34), (0.32, 0.33)])
+            for s, d, u, r in (("random", None, u_rand, 0.25), ("curriculum", "lookahead_3", u_cur, 0.20))]
+    results = {"methods": ["npo"], "samplers": ["random", "curriculum"], "seeds": 2, "mrd_cost_s": 1.0,
+               "scores": ["lookahead_3"], "stop_prob": 0.05, "forget_target": 0.05,
+               "reference": {"model_utility": 0.358}, "summary": summarize(rows), "paired": paired_vs_random(rows),
+               "quartiles": []}
+    text, _ = render(results, tmp_path)
+    assert "| - | retain model (reference) | - | - | 0.358 |" in text
+    paired_part = text.split("**Paired differences")[1]  # the mean table has a row with the same start
+    paired_line = next(line for line in paired_part.splitlines() if line.startswith("| npo | curriculum@lookahead_3 | 2"))
+    assert paired_line.split(" | ")[3].startswith("0.025 [")  # utility: (0.04 + 0.01) / 2
+    assert paired_line.split(" | ")[7].startswith("-0.05")  # forget ROUGE: 0.20 - 0.25 on both seeds

@@ -115,12 +115,25 @@ def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: di
 METRICS = ["forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
            "retain_Q_A_Prob", "retain_Truth_Ratio"]
 # paired with random: utility and retention (higher = better), forgetting (lower P = more forgotten), effort
-PAIRED = ("model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio", "forget_Q_A_Prob", "forget_truth_ratio",
-          "forget_quality", "steps_to_target")
+PAIRED = ("model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+          "forget_truth_ratio", "forget_quality", "steps_to_target")
 
 
 def _metric(ev, name: str) -> float | None:
     return ev.metrics[name]["value"] if name in ev.metrics else None
+
+
+def reference_metrics(ref_log: Path) -> dict[str, float]:
+    """The retain model's own values of the experiment's metrics (its ``eval.json`` beside ``TOFU_EVAL.json``):
+    what an ideal unlearning run would reach, so a run's utility can be read against it. Empty if absent."""
+    from mrdkit.runs import read_json
+
+    path = ref_log.parent / "eval.json"
+    if not path.is_file():
+        return {}
+    metrics = read_json(path).get("metrics", {})
+    return {m: metrics[m]["value"] for m in METRICS if isinstance(metrics.get(m), dict)
+            and metrics[m].get("value") is not None}
 
 
 @experiment("samplers", summary="random vs MRD-guided samplers x unlearning methods x seeds (TOFU metrics)",
@@ -146,7 +159,7 @@ def samplers(ctx: BenchContext) -> dict[str, Any]:
                     rows.append(_one_run(ctx, method, sampler, seed, drivers.get(driver), ref,
                                          driver if uses_scores else None))
     return {"methods": methods, "samplers": sampler_names, "seeds": seeds, "mrd_cost_s": mrd_cost,
-            "scores": list(drivers), "stop_prob": stop_prob(ctx),
+            "scores": list(drivers), "stop_prob": stop_prob(ctx), "reference": reference_metrics(ref),
             "forget_target": FORGET_TARGET, "runs": [{k: v for k, v in r.items() if k != "forget_prob_by_id"}
                                                      for r in rows],
             "summary": summarize(rows), "paired": paired_vs_random(rows),
@@ -264,8 +277,10 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
     """Report section + claims for ``samplers``."""
     cols = ["method", "sampler", "n", "forget_quality", "model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio",
             "forget_Q_A_Prob", "forget_Q_A_ROUGE", "steps_to_target", "unlearn_s"]
-    pcols = ["method", "sampler", "n", "retain_Q_A_Prob", "retain_Truth_Ratio", "model_utility", "forget_Q_A_Prob",
-             "forget_truth_ratio", "steps_to_target"]
+    pcols = ["method", "sampler", "n", "model_utility", "retain_Q_A_Prob", "retain_Truth_Ratio", "forget_Q_A_Prob",
+             "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality", "steps_to_target"]
+    reference = [{"method": "-", "sampler": "retain model (reference)", **results["reference"]}] \
+        if results.get("reference") else []
     drivers = results.get("scores") or [MRD_DRIVER]
     text = [
         f"Methods {', '.join(results['methods'])}; samplers {', '.join(results['samplers'])}; {results['seeds']} "
@@ -274,9 +289,11 @@ def render(results: dict[str, Any], exp_dir: Path) -> tuple[str, list[dict[str, 
         f"first logged step with forget-set mean probability <= {results['forget_target']}. "
         + (f"Each run stopped once that probability was <= {results['stop_prob']} (equal-forgetting comparison)."
            if results.get("stop_prob") is not None else "Every run used the full budget (the paper's protocol)."),
-        "", "**Mean over seeds**", "", md_table([{**r, "sampler": label(r)} for r in results["summary"]], cols), "",
+        "", "**Mean over seeds**", "",
+        md_table([{**r, "sampler": label(r)} for r in results["summary"]] + reference, cols), "",
         "**Paired differences vs `random` (same seed)**: sampler - random, mean over seeds [95% t-interval]. "
-        "Retain P and truth ratio: higher = better kept; forget P: lower = more forgotten.", "",
+        "Model utility, retain P and truth ratio: higher = better kept; forget P and ROUGE: lower = more "
+        "forgotten; forget quality: higher = closer to the retain model.", "",
         md_table(_paired_display(results["paired"]), pcols), "",
         "**Forget-answer probability after unlearning by MRD quartile** (Q1 = lowest MRD = predicted hardest)", "",
         md_table([{**r, "sampler": label(r)} for r in results["quartiles"]],
