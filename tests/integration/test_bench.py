@@ -94,6 +94,10 @@ def test_samplers_driven_by_another_score_run_beside_the_mrd_driven_ones(tmp_pat
                     (("random", None), ("cga", "mrd_antithetic"), ("cga", "loss"))}
     assert (tmp_path / "samplers" / "runs" / "ga-cga@loss-s1" / "row.json").is_file()
     assert (tmp_path / "samplers" / "runs" / "ga-cga-s1" / "row.json").is_file()  # MRD-driven keeps its name
+    # a finished run keeps its row and train log, not its weights (option keep_models keeps them)
+    unlearn_dir = tmp_path / "samplers" / "runs" / "ga-cga-s1" / "unlearn"
+    assert (unlearn_dir / "train_log.jsonl").is_file()
+    assert not (unlearn_dir / "model").exists() and not (unlearn_dir / "checkpoints").exists()
     paired = {p["score"]: p for p in results["paired"]}
     assert set(paired) == {"mrd_antithetic", "loss"} and paired["loss"]["n"] == 2
     lo, mean, hi = (paired["loss"][f"d_retain_Q_A_Prob{k}"] for k in ("_lo", "", "_hi"))

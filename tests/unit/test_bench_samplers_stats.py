@@ -64,3 +64,15 @@ def test_the_report_shows_the_reference_row_and_paired_utility(tmp_path):
     paired_line = next(line for line in paired_part.splitlines() if line.startswith("| npo | curriculum@lookahead_3 | 2"))
     assert paired_line.split(" | ")[3].startswith("0.025 [")  # utility: (0.04 + 0.01) / 2
     assert paired_line.split(" | ")[7].startswith("-0.05")  # forget ROUGE: 0.20 - 0.25 on both seeds
+
+
+def test_drop_weights_keeps_the_log_and_removes_model_and_checkpoints(tmp_path):
+    from mrdkit.bench.samplers import drop_weights
+
+    for sub in ("model", "checkpoints/step-000030"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "weights.safetensors").write_bytes(b"x")
+    (tmp_path / "train_log.jsonl").write_text("{}\n")
+    drop_weights(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_log.jsonl"]
+    drop_weights(tmp_path)  # nothing left to delete is fine

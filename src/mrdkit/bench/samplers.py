@@ -109,7 +109,19 @@ def _one_run(ctx: BenchContext, method: str, sampler: str, seed: int, scores: di
            **{k: _metric(ev, k) for k in METRICS}, "forget_prob_by_id": {k: v.get("prob") for k, v in
                                                                           forget_rows.items()}}
     atomic_write_json(run_dir / "row.json", row)
+    if not ctx.options.get("keep_models"):
+        drop_weights(run_dir / "unlearn")
     return row
+
+
+def drop_weights(unlearn_dir: Path) -> None:
+    """Delete a finished run's saved model and final checkpoint once its row is written: the experiment needs only
+    the row and the train log, and on the smollm2 tier they are 2.1 GB a run (fp32 weights + AdamW state). Option
+    ``keep_models`` keeps them; deleting after the row means an interruption can only leave them behind."""
+    import shutil
+
+    for name in ("model", "checkpoints"):
+        shutil.rmtree(unlearn_dir / name, ignore_errors=True)
 
 
 METRICS = ["forget_quality", "model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio",
